@@ -1,0 +1,449 @@
+//! The `zonewise` command line: `serve`, `mutate`, `certs`, `check-config`.
+//!
+//! Every `serve` flag has a `ZONEWISE_*` environment twin, so a Deployment
+//! can configure it from a ConfigMap or the downward API.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::Engine;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::certs;
+use crate::config::{Config, Environment, Policy};
+use crate::mutate::{self, Output};
+use crate::server::{
+    self, ConnLimits, Exit, Listeners, RequestLimits, ServeOptions, Server, TlsSource,
+};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zonewise",
+    version,
+    about = "Keeps Kubernetes east-west traffic inside its availability zone"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the admission webhook server.
+    Serve(ServeArgs),
+    /// Print manifests as the webhook would admit them (offline).
+    Mutate(MutateArgs),
+    /// Generate a CA and a serving certificate for a self-managed install.
+    Certs(CertsArgs),
+    /// Validate a config file and print the effective policy.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the TLS admission listener.
+    #[arg(long, env = "ZONEWISE_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; without it a development certificate is used.
+    #[arg(long, env = "ZONEWISE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "ZONEWISE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(long, env = "ZONEWISE_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Policy file (YAML); the built-in default policy without it.
+    #[arg(long, env = "ZONEWISE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Plain-HTTP address for /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "ZONEWISE_METRICS_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub metrics_listen: SocketAddr,
+    #[arg(
+        long,
+        env = "ZONEWISE_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+    /// Kubeconfig for the cluster cache (in-cluster config is detected).
+    #[arg(long, env = "ZONEWISE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Longest time from SIGTERM to exit.
+    #[arg(long, env = "ZONEWISE_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Time to keep serving after SIGTERM, with readiness false.
+    #[arg(long, env = "ZONEWISE_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+    /// Largest request body accepted (e.g. 8MiB).
+    #[arg(long, env = "ZONEWISE_MAX_BODY_BYTES", default_value = "8MiB", value_parser = parse_size)]
+    pub max_body_bytes: usize,
+    /// Time allowed to receive a request body.
+    #[arg(long, env = "ZONEWISE_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Time allowed for request headers once the first byte arrived.
+    #[arg(long, env = "ZONEWISE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// How long an idle keep-alive connection is kept (longer than the API
+    /// server's 90 s, so the client closes first).
+    #[arg(long, env = "ZONEWISE_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    #[arg(long, env = "ZONEWISE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+    /// Open TLS connections at most; further ones are closed on accept.
+    #[arg(long, env = "ZONEWISE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How often the certificate and config files are checked for changes.
+    #[arg(long, env = "ZONEWISE_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+    /// Where the development certificate is kept when no --tls-cert is given.
+    #[arg(long, env = "ZONEWISE_DEV_CERT_DIR", default_value = "certs/dev")]
+    pub dev_cert_dir: PathBuf,
+    /// Worker threads (default: one per core).
+    #[arg(long, env = "ZONEWISE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct MutateArgs {
+    /// Manifests (YAML or JSON, multi-document) or an AdmissionReview; `-` for stdin.
+    #[arg(short = 'f', long = "filename")]
+    pub file: String,
+    #[arg(short, long, value_enum, default_value = "yaml")]
+    pub output: OutputArg,
+    /// Policy file; the built-in default without it.
+    #[arg(long, env = "ZONEWISE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Namespace for manifests that do not name one.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputArg {
+    Yaml,
+    Json,
+    Patch,
+    Review,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt, ca.key, tls.crt, tls.key into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// DNS names (or IPs) for the serving certificate; default: the
+    /// in-cluster names of --service in --namespace.
+    #[arg(long = "dns")]
+    pub dns: Vec<String>,
+    #[arg(long, default_value = "zonewise")]
+    pub service: String,
+    #[arg(long, default_value = "zonewise-system")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    pub file: PathBuf,
+}
+
+/// Entry point: parse, dispatch, map errors to exit codes (1: an object
+/// was denied or the server aborted; 2: bad input or setup).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Mutate(args) => mutate_cmd(args),
+        Command::Certs(args) => certs_cmd(args),
+        Command::CheckConfig(args) => check_config(args),
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    telemetry::init(args.log_format);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = args.worker_threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    match rt.block_on(serve_async(args)) {
+        Ok(Exit::Clean) => ExitCode::SUCCESS,
+        Ok(Exit::Aborted) => {
+            tracing::warn!("second signal: exiting immediately");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "cannot serve");
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub fn serve_options(args: &ServeArgs) -> ServeOptions {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => TlsSource::Dev {
+            dir: args.dev_cert_dir.clone(),
+        },
+    };
+    ServeOptions {
+        tls,
+        client_ca: args.client_ca.clone(),
+        config: args.config.clone(),
+        limits: RequestLimits {
+            max_body_bytes: args.max_body_bytes,
+            request_timeout: args.request_timeout,
+        },
+        conn: ConnLimits {
+            tls_handshake_timeout: args.tls_handshake_timeout,
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+            ..ConnLimits::default()
+        },
+        shutdown_grace: args.shutdown_grace,
+        drain_delay: args.drain_delay,
+        reload_interval: args.reload_interval,
+        own_namespace: server::own_namespace(),
+    }
+}
+
+async fn serve_async(args: ServeArgs) -> anyhow::Result<Exit> {
+    let server = Server::load(serve_options(&args))?;
+    let listeners = Listeners::bind(args.listen, args.metrics_listen).await?;
+    let (trigger, signal) = server::shutdown_channel();
+    spawn_signal_handlers(trigger, server.reload_handle())?;
+    server.run(listeners, signal).await
+}
+
+#[cfg(unix)]
+fn spawn_signal_handlers(
+    trigger: server::ShutdownTrigger,
+    reload: std::sync::Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => trigger.trigger(),
+                _ = int.recv() => trigger.trigger(),
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading config");
+                    reload.notify_one();
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn spawn_signal_handlers(
+    trigger: server::ShutdownTrigger,
+    _reload: std::sync::Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
+    tokio::spawn(async move {
+        loop {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            trigger.trigger();
+        }
+    });
+    Ok(())
+}
+
+fn load_policy(path: Option<&Path>) -> Result<Policy, String> {
+    let config = match path {
+        Some(p) => Config::load(p).map_err(|e| format!("invalid config {}:\n{e}", p.display()))?,
+        None => Config::default(),
+    };
+    Ok(Policy::new(config, &Environment::default()))
+}
+
+fn mutate_cmd(args: MutateArgs) -> ExitCode {
+    let policy = match load_policy(args.config.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let mut input = String::new();
+    let read = if args.file == "-" {
+        std::io::stdin().read_to_string(&mut input)
+    } else {
+        std::fs::read_to_string(&args.file).map(|s| {
+            input = s;
+            input.len()
+        })
+    };
+    if let Err(e) = read {
+        return fail(format!("cannot read {}: {e}", args.file));
+    }
+    let format = match args.output {
+        OutputArg::Yaml => Output::Yaml,
+        OutputArg::Json => Output::Json,
+        OutputArg::Patch => Output::Patch,
+        OutputArg::Review => Output::Review,
+    };
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let mut out = stdout.lock();
+    let mut err = stderr.lock();
+    match mutate::run(&input, format, &policy, &args.namespace, &mut out, &mut err) {
+        Ok(summary) if summary.denied > 0 => ExitCode::from(1),
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn certs_cmd(args: CertsArgs) -> ExitCode {
+    let names = if args.dns.is_empty() {
+        certs::service_names(&args.service, &args.namespace)
+    } else {
+        args.dns.clone()
+    };
+    let generated = match certs::generate(&names) {
+        Ok(g) => g,
+        Err(e) => return fail(e),
+    };
+    let written = match certs::write(&args.out, &generated) {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&generated.ca_cert_pem);
+    let bundle_path = args.out.join("ca.bundle.b64");
+    if let Err(e) = std::fs::write(&bundle_path, format!("{bundle}\n")) {
+        return fail(format!("{}: {e}", bundle_path.display()));
+    }
+    eprintln!(
+        "wrote {} (CA), {} and {} (serving, for {}); keep {} private",
+        written.ca_cert.display(),
+        written.cert.display(),
+        written.key.display(),
+        names.join(", "),
+        written.ca_key.display()
+    );
+    eprintln!(
+        "caBundle for the webhook configurations ({}):",
+        bundle_path.display()
+    );
+    let _ = writeln!(std::io::stdout(), "{bundle}");
+    ExitCode::SUCCESS
+}
+
+fn check_config(args: CheckConfigArgs) -> ExitCode {
+    match load_policy(Some(&args.file)) {
+        Ok(policy) => {
+            print!("{}", policy.describe());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `10s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {s:?} (ms, s, m, h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// `8MiB`, `512KiB`, `1MB`, `1000`, in bytes.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1000,
+        "MB" => 1_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?} (B, KiB, MiB, GiB, KB, MB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_size("8MiB").unwrap(), 8 * 1024 * 1024);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn serve_defaults_are_the_documented_ones() {
+        let cli = Cli::try_parse_from(["zonewise", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(args.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(args.metrics_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(args.max_body_bytes, 8 * 1024 * 1024);
+        let opts = serve_options(&args);
+        assert!(matches!(opts.tls, TlsSource::Dev { ref dir } if dir == Path::new("certs/dev")));
+        assert!(opts.config.is_none());
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs() {
+        assert!(Cli::try_parse_from(["zonewise", "serve", "--tls-cert", "a.crt"]).is_err());
+        assert!(
+            Cli::try_parse_from(["zonewise", "serve", "--tls-cert", "a", "--tls-key", "b"]).is_ok()
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! What the rules may ask about the cluster, behind one small trait.
+//!
+//! Production answers from the reflector cache (`cluster` module); the
+//! laptop, tests and `zonewise mutate` answer from [`NoCluster`] or an
+//! [`InMemory`] map. Every answer is from memory: nothing here may block or
+//! call the API server, because it runs on the admission path.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::config::ObjectRef;
+
+/// The outcome of one lookup. `Unavailable` is distinct from `NotFound` so a
+/// rule can say *why* it fell back ("no cluster access" vs "not found").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<T> {
+    Found(T),
+    NotFound,
+    Unavailable(&'static str),
+}
+
+/// What the rules need to know about a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceFacts {
+    /// `spec.selector`; `None` when the Service has no (or an empty) selector.
+    pub selector: Option<BTreeMap<String, String>>,
+    /// `spec.internalTrafficPolicy: Local`.
+    pub local: bool,
+}
+
+/// What the rules need to know about a DaemonSet that backs a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DaemonSetFacts {
+    pub name: String,
+    /// The pod template has a nodeSelector or required node affinity, so some
+    /// nodes run no pod of it (and have no local endpoint).
+    pub restricted: bool,
+}
+
+pub trait Lookups: Send + Sync {
+    /// The Service `svc`.
+    fn service(&self, svc: &ObjectRef) -> Lookup<ServiceFacts>;
+
+    /// A DaemonSet in `namespace` whose pod template labels match every
+    /// `key=value` of `selector` (a Service selector).
+    fn daemonset_matching(
+        &self,
+        namespace: &str,
+        selector: &[(&str, &str)],
+    ) -> Lookup<DaemonSetFacts>;
+}
+
+/// No cluster access: every lookup is unavailable.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCluster;
+
+pub const NO_CLUSTER: &str = "no cluster access";
+
+impl Lookups for NoCluster {
+    fn service(&self, _: &ObjectRef) -> Lookup<ServiceFacts> {
+        Lookup::Unavailable(NO_CLUSTER)
+    }
+
+    fn daemonset_matching(&self, _: &str, _: &[(&str, &str)]) -> Lookup<DaemonSetFacts> {
+        Lookup::Unavailable(NO_CLUSTER)
+    }
+}
+
+/// A DaemonSet's pod template labels and facts, as stored in [`InMemory`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DaemonSetEntry {
+    pub labels: BTreeMap<String, String>,
+    pub facts: DaemonSetFacts,
+}
+
+/// Lookups answered from plain maps: the unit tests' double, and the
+/// snapshot the cluster cache keeps up to date from its watches.
+#[derive(Debug, Clone, Default)]
+pub struct InMemory {
+    pub services: HashMap<ObjectRef, ServiceFacts>,
+    /// DaemonSets by namespace, then name.
+    pub daemonsets: HashMap<String, BTreeMap<String, DaemonSetEntry>>,
+}
+
+impl InMemory {
+    pub fn with_service(mut self, ns: &str, name: &str, facts: ServiceFacts) -> Self {
+        self.services.insert(ObjectRef::new(ns, name), facts);
+        self
+    }
+
+    pub fn with_daemonset(mut self, ns: &str, entry: DaemonSetEntry) -> Self {
+        self.daemonsets
+            .entry(ns.to_string())
+            .or_default()
+            .insert(entry.facts.name.clone(), entry);
+        self
+    }
+}
+
+impl Lookups for InMemory {
+    fn service(&self, svc: &ObjectRef) -> Lookup<ServiceFacts> {
+        match self.services.get(svc) {
+            Some(f) => Lookup::Found(f.clone()),
+            None => Lookup::NotFound,
+        }
+    }
+
+    fn daemonset_matching(
+        &self,
+        namespace: &str,
+        selector: &[(&str, &str)],
+    ) -> Lookup<DaemonSetFacts> {
+        if selector.is_empty() {
+            return Lookup::NotFound;
+        }
+        let found = self.daemonsets.get(namespace).and_then(|by_name| {
+            // Prefer a DaemonSet that covers every node when several match.
+            let mut matching = by_name.values().filter(|ds| {
+                selector
+                    .iter()
+                    .all(|(k, v)| ds.labels.get(*k).map(String::as_str) == Some(*v))
+            });
+            let first = matching.next()?;
+            if !first.facts.restricted {
+                return Some(first);
+            }
+            Some(matching.find(|ds| !ds.facts.restricted).unwrap_or(first))
+        });
+        match found {
+            Some(ds) => Lookup::Found(ds.facts.clone()),
+            None => Lookup::NotFound,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn daemonset_matching_needs_every_selector_label() {
+        let m = InMemory::default().with_daemonset(
+            "mon",
+            DaemonSetEntry {
+                labels: labels(&[("app", "agent"), ("tier", "node")]),
+                facts: DaemonSetFacts {
+                    name: "agent".into(),
+                    restricted: false,
+                },
+            },
+        );
+        assert!(matches!(
+            m.daemonset_matching("mon", &[("app", "agent")]),
+            Lookup::Found(_)
+        ));
+        assert_eq!(
+            m.daemonset_matching("mon", &[("app", "agent"), ("v", "2")]),
+            Lookup::NotFound
+        );
+        assert_eq!(
+            m.daemonset_matching("other", &[("app", "agent")]),
+            Lookup::NotFound
+        );
+        assert_eq!(m.daemonset_matching("mon", &[]), Lookup::NotFound);
+    }
+
+    #[test]
+    fn unrestricted_daemonset_preferred() {
+        let entry = |name: &str, restricted| DaemonSetEntry {
+            labels: labels(&[("app", "agent")]),
+            facts: DaemonSetFacts {
+                name: name.into(),
+                restricted,
+            },
+        };
+        let m = InMemory::default()
+            .with_daemonset("mon", entry("a-gpu-only", true))
+            .with_daemonset("mon", entry("b-all", false));
+        assert_eq!(
+            m.daemonset_matching("mon", &[("app", "agent")]),
+            Lookup::Found(DaemonSetFacts {
+                name: "b-all".into(),
+                restricted: false
+            })
+        );
+    }
+
+    #[test]
+    fn no_cluster_is_unavailable() {
+        assert_eq!(
+            NoCluster.service(&ObjectRef::new("a", "b")),
+            Lookup::Unavailable(NO_CLUSTER)
+        );
+    }
+}

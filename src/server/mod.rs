@@ -1,0 +1,414 @@
+//! `zonewise serve`: wiring of config, TLS, listeners, reloads, metrics and
+//! the phased shutdown around the admission router.
+//!
+//! Everything that can be wrong with the files (config, certificate, key,
+//! client CA) is checked in [`Server::load`], before a socket is bound, so a
+//! bad rollout fails at start instead of serving errors.
+
+pub mod conn;
+pub mod http;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::certs;
+use crate::config::{Config, Environment, Policy};
+use crate::lookups::{Lookups, NoCluster};
+use crate::metrics::{Metrics, ResultLabels};
+use crate::reload;
+use crate::tls::{self, CertStore};
+pub use conn::{ConnLimits, Phase};
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// Self-signed CA and `localhost` certificate generated into (or reused
+    /// from) this directory: the one-command development default.
+    Dev {
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub max_body_bytes: usize,
+    /// Time allowed to receive a request body.
+    pub request_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_body_bytes: 8 * 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub tls: TlsSource,
+    pub client_ca: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub limits: RequestLimits,
+    pub conn: ConnLimits,
+    /// From the first SIGTERM to exit, at most.
+    pub shutdown_grace: Duration,
+    /// How long to keep serving after SIGTERM (with readiness false and
+    /// `Connection: close`) so endpoints update before the listener closes.
+    pub drain_delay: Duration,
+    /// How often certificate and config files are checked for changes.
+    pub reload_interval: Duration,
+    /// The namespace zonewise runs in (never mutated).
+    pub own_namespace: Option<String>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            tls: TlsSource::Dev {
+                dir: PathBuf::from("certs/dev"),
+            },
+            client_ca: None,
+            config: None,
+            limits: RequestLimits::default(),
+            conn: ConnLimits::default(),
+            shutdown_grace: Duration::from_secs(25),
+            drain_delay: Duration::from_secs(5),
+            reload_interval: Duration::from_secs(5),
+            own_namespace: None,
+        }
+    }
+}
+
+/// Readiness inputs.
+#[derive(Debug)]
+pub struct Health {
+    pub draining: AtomicBool,
+    pub cache_synced: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            draining: AtomicBool::new(false),
+            cache_synced: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Health {
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            Some("draining")
+        } else if !self.cache_synced.load(Ordering::Relaxed) {
+            Some("cluster cache not synced")
+        } else {
+            None
+        }
+    }
+}
+
+/// What the HTTP handlers share.
+pub struct AppState {
+    pub policy: ArcSwap<Policy>,
+    pub lookups: Arc<dyn Lookups>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub limits: RequestLimits,
+}
+
+impl AppState {
+    pub fn new(policy: Policy, lookups: Arc<dyn Lookups>, limits: RequestLimits) -> Arc<AppState> {
+        Arc::new(AppState {
+            policy: ArcSwap::from_pointee(policy),
+            lookups,
+            metrics: Arc::new(Metrics::default()),
+            health: Arc::new(Health::default()),
+            limits,
+        })
+    }
+}
+
+/// Sends shutdown signals to a running server; the first drains, the second
+/// aborts.
+#[derive(Clone, Debug)]
+pub struct ShutdownTrigger(Arc<watch::Sender<u32>>);
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+}
+
+pub struct ShutdownSignal(watch::Receiver<u32>);
+
+impl ShutdownSignal {
+    /// Resolves once `n` signals have been sent (or every trigger is gone).
+    async fn nth(&mut self, n: u32) {
+        let _ = self.0.wait_for(|count| *count >= n).await;
+    }
+}
+
+pub fn shutdown_channel() -> (ShutdownTrigger, ShutdownSignal) {
+    let (tx, rx) = watch::channel(0);
+    (ShutdownTrigger(Arc::new(tx)), ShutdownSignal(rx))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Drained and stopped within the grace period (or cut at its end).
+    Clean,
+    /// A second signal asked to stop at once.
+    Aborted,
+}
+
+pub struct Listeners {
+    pub tls: TcpListener,
+    pub metrics: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(tls: SocketAddr, metrics: SocketAddr) -> anyhow::Result<Listeners> {
+        Ok(Listeners {
+            tls: TcpListener::bind(tls)
+                .await
+                .with_context(|| format!("cannot listen on {tls}"))?,
+            metrics: TcpListener::bind(metrics)
+                .await
+                .with_context(|| format!("cannot listen on {metrics} (metrics)"))?,
+        })
+    }
+}
+
+/// A server whose files have been loaded and checked, ready to run.
+pub struct Server {
+    opts: ServeOptions,
+    state: Arc<AppState>,
+    certs: Arc<CertStore>,
+    tls: Arc<rustls::ServerConfig>,
+    cert_paths: (PathBuf, PathBuf),
+    cert_bytes: Vec<Vec<u8>>,
+    config_bytes: Option<Vec<u8>>,
+    env: Environment,
+    reload: Arc<Notify>,
+}
+
+impl Server {
+    pub fn load(opts: ServeOptions) -> anyhow::Result<Server> {
+        let env = Environment {
+            server_version: None,
+            own_namespace: opts.own_namespace.clone(),
+        };
+        let (config, config_bytes) = match &opts.config {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read config {}", path.display()))?;
+                let text = String::from_utf8_lossy(&bytes);
+                let config = Config::from_yaml(&text)
+                    .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
+                (config, Some(bytes))
+            }
+            None => (Config::default(), None),
+        };
+        let policy = Policy::new(config, &env);
+
+        let (cert, key) = match &opts.tls {
+            TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
+            TlsSource::Dev { dir } => {
+                let (w, generated) = certs::ensure_dev(dir).context("development certificate")?;
+                if generated {
+                    info!(dir = %dir.display(), ca = %w.ca_cert.display(), "generated a self-signed development certificate for localhost");
+                } else {
+                    info!(dir = %dir.display(), "reusing development certificate");
+                }
+                (w.cert, w.key)
+            }
+        };
+        let cert_bytes = vec![
+            std::fs::read(&cert).with_context(|| format!("cannot read {}", cert.display()))?,
+            std::fs::read(&key).with_context(|| format!("cannot read {}", key.display()))?,
+        ];
+        let pair = tls::parse_pair(&cert_bytes[0], &cert_bytes[1], &cert, &key)?;
+        let certs = CertStore::new(pair.key);
+        let tls = Arc::new(tls::server_config(
+            certs.clone(),
+            opts.client_ca.as_deref(),
+        )?);
+
+        let lookups: Arc<dyn Lookups> = Arc::new(NoCluster);
+        let state = AppState::new(policy, lookups, opts.limits.clone());
+        state.metrics.cert_expiry.set(pair.not_after);
+        Ok(Server {
+            opts,
+            state,
+            certs,
+            tls,
+            cert_paths: (cert, key),
+            cert_bytes,
+            config_bytes,
+            env,
+            reload: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Notify to re-read the config now (SIGHUP).
+    pub fn reload_handle(&self) -> Arc<Notify> {
+        self.reload.clone()
+    }
+
+    pub async fn run(
+        self,
+        listeners: Listeners,
+        mut shutdown: ShutdownSignal,
+    ) -> anyhow::Result<Exit> {
+        let state = self.state.clone();
+        let health = state.health.clone();
+        let metrics = state.metrics.clone();
+        let addr = listeners.tls.local_addr()?;
+        let metrics_addr = listeners.metrics.local_addr()?;
+        let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
+
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(self.watch_certificate());
+        if let Some(fut) = self.watch_config() {
+            background.spawn(fut);
+        }
+        let metrics_app = http::metrics_router(state.clone());
+        background.spawn(async move {
+            if let Err(e) = axum::serve(listeners.metrics, metrics_app).await {
+                warn!(error = %e, "metrics listener stopped");
+            }
+        });
+
+        let accept = tokio::spawn(conn::accept_loop(
+            listeners.tls,
+            TlsAcceptor::from(self.tls.clone()),
+            http::router(state.clone()),
+            self.opts.conn.clone(),
+            phase_rx,
+            health.clone(),
+            metrics.clone(),
+        ));
+        info!(%addr, %metrics_addr, policy = %state.policy.load().routing, "listening");
+
+        shutdown.nth(1).await;
+        let grace = self.opts.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        info!(drain_delay = ?self.opts.drain_delay, ?grace, "shutdown signal: draining");
+        health.draining.store(true, Ordering::Relaxed);
+        phase_tx.send_replace(Phase::Draining);
+        tokio::select! {
+            _ = tokio::time::sleep(self.opts.drain_delay.min(grace)) => {}
+            _ = shutdown.nth(2) => return Ok(Exit::Aborted),
+        }
+        phase_tx.send_replace(Phase::Stopping);
+        let tracker = accept.await.context("accept loop")?;
+        tokio::select! {
+            _ = tracker.wait() => info!("all connections closed"),
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!(open = tracker.len(), "grace period over; closing remaining connections");
+            }
+            _ = shutdown.nth(2) => return Ok(Exit::Aborted),
+        }
+        background.abort_all();
+        Ok(Exit::Clean)
+    }
+
+    fn watch_certificate(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (cert, key) = self.cert_paths.clone();
+        let store = self.certs.clone();
+        let metrics = self.state.metrics.clone();
+        reload::watch_files(
+            vec![cert.clone(), key.clone()],
+            self.cert_bytes.clone(),
+            self.opts.reload_interval,
+            None,
+            move |files, _| match tls::parse_pair(&files[0], &files[1], &cert, &key) {
+                Ok(pair) => {
+                    store.store(pair.key);
+                    metrics.cert_expiry.set(pair.not_after);
+                    metrics
+                        .tls_reloads
+                        .get_or_create(&ResultLabels { result: "success" })
+                        .inc();
+                    info!(cert = %cert.display(), not_after = pair.not_after, "serving certificate reloaded");
+                }
+                Err(e) => {
+                    metrics
+                        .tls_reloads
+                        .get_or_create(&ResultLabels { result: "error" })
+                        .inc();
+                    warn!(error = %e, "new certificate rejected; still serving the previous one");
+                }
+            },
+        )
+    }
+
+    fn watch_config(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let path = self.opts.config.clone()?;
+        let state = self.state.clone();
+        let env = self.env.clone();
+        Some(reload::watch_files(
+            vec![path.clone()],
+            vec![self.config_bytes.clone().unwrap_or_default()],
+            self.opts.reload_interval,
+            Some(self.reload.clone()),
+            move |files, forced| {
+                let text = String::from_utf8_lossy(&files[0]);
+                match Config::from_yaml(&text) {
+                    Ok(config) => {
+                        let policy = Policy::new(config, &env);
+                        info!(path = %path.display(), forced, routing = %policy.routing, "config reloaded");
+                        state.policy.store(Arc::new(policy));
+                        state
+                            .metrics
+                            .config_reloads
+                            .get_or_create(&ResultLabels { result: "success" })
+                            .inc();
+                    }
+                    Err(e) => {
+                        state
+                            .metrics
+                            .config_reloads
+                            .get_or_create(&ResultLabels { result: "error" })
+                            .inc();
+                        warn!(path = %path.display(), error = %e, "invalid config; keeping the running one");
+                    }
+                }
+            },
+        ))
+    }
+}
+
+/// The namespace this pod runs in: `POD_NAMESPACE` (downward API) or the
+/// service account's namespace file.
+pub fn own_namespace() -> Option<String> {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+}

@@ -1,0 +1,234 @@
+//! The `admission.k8s.io/v1` AdmissionReview on the wire.
+//!
+//! Own serde types rather than `kube::core::admission`: the request side
+//! keeps `object` as a raw `Value` in a single parse (kube's
+//! `DynamicObject` goes through `serde(flatten)`, which buffers the object
+//! twice), and the response side sends `patch` as the base64 string the
+//! Kubernetes API documents, where kube-core 5 sends an array of numbers
+//! (kube-rs/kube#1781).
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::review::{AdmissionRequest, Decision, GroupVersionKind, Operation, Outcome};
+
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+pub const KIND: &str = "AdmissionReview";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn {
+    api_version: Option<String>,
+    kind: Option<String>,
+    request: Option<RequestIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn {
+    uid: Option<String>,
+    kind: Option<GroupVersionKind>,
+    sub_resource: Option<String>,
+    name: Option<String>,
+    namespace: Option<String>,
+    operation: Option<String>,
+    dry_run: Option<bool>,
+    object: Option<Value>,
+    old_object: Option<Value>,
+}
+
+/// Why a body is not a usable AdmissionReview (answered with 400).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed JSON: {0}")]
+    Malformed(serde_json::Error),
+    #[error("not an AdmissionReview: {0}")]
+    NotAReview(String),
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    #[error("AdmissionReview request has no uid")]
+    NoUid,
+}
+
+impl DecodeError {
+    /// A stable machine-readable name, used in the error body and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Malformed(_) => "malformed_json",
+            DecodeError::NotAReview(_) => "not_admission_review",
+            DecodeError::NoRequest => "no_request",
+            DecodeError::NoUid => "no_uid",
+        }
+    }
+}
+
+pub fn decode(body: &[u8]) -> Result<AdmissionRequest, DecodeError> {
+    let review: ReviewIn = serde_json::from_slice(body).map_err(|e| {
+        // serde_json's recursion limit (128) turns pathological nesting into
+        // a syntax error here, before it can exhaust the stack.
+        match e.classify() {
+            serde_json::error::Category::Data => DecodeError::NotAReview(e.to_string()),
+            _ => DecodeError::Malformed(e),
+        }
+    })?;
+    match (review.api_version.as_deref(), review.kind.as_deref()) {
+        (Some(API_VERSION), Some(KIND)) => {}
+        (v, k) => {
+            return Err(DecodeError::NotAReview(format!(
+                "expected apiVersion {API_VERSION} and kind {KIND}, got {} {}",
+                v.unwrap_or("<none>"),
+                k.unwrap_or("<none>")
+            )));
+        }
+    }
+    let req = review.request.ok_or(DecodeError::NoRequest)?;
+    let uid = req
+        .uid
+        .filter(|u| !u.is_empty())
+        .ok_or(DecodeError::NoUid)?;
+    let kind = req
+        .kind
+        .ok_or_else(|| DecodeError::NotAReview("request has no kind".into()))?;
+    let operation = req
+        .operation
+        .ok_or_else(|| DecodeError::NotAReview("request has no operation".into()))?;
+    Ok(AdmissionRequest {
+        uid,
+        kind,
+        sub_resource: req.sub_resource,
+        name: req.name.unwrap_or_default(),
+        namespace: req.namespace.unwrap_or_default(),
+        operation: Operation::parse(&operation),
+        dry_run: req.dry_run.unwrap_or(false),
+        object: req.object,
+        old_object: req.old_object,
+    })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+}
+
+/// A `metav1.Status`: the API server shows `message` to the user and uses
+/// `code` as the HTTP status of the rejected request.
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    status: &'static str,
+    message: &'a str,
+    reason: &'static str,
+    code: u16,
+}
+
+/// Serializes the AdmissionReview response for `uid`.
+pub fn encode(uid: &str, outcome: &Outcome) -> Vec<u8> {
+    let patch = outcome.patch.as_ref().filter(|p| !p.0.is_empty()).map(|p| {
+        // A Patch of add operations with JSON values always serializes.
+        let json = serde_json::to_vec(p).unwrap_or_default();
+        base64::engine::general_purpose::STANDARD.encode(json)
+    });
+    let denied = outcome.decision == Decision::Denied;
+    let out = ReviewOut {
+        api_version: API_VERSION,
+        kind: KIND,
+        response: ResponseOut {
+            uid,
+            allowed: !denied,
+            status: denied.then(|| StatusOut {
+                status: "Failure",
+                message: outcome.message.as_deref().unwrap_or("denied by zonewise"),
+                reason: "Forbidden",
+                code: 403,
+            }),
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            warnings: &outcome.warnings,
+        },
+    };
+    // Only strings, bools and numbers: serialization cannot fail.
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: Value) -> Vec<u8> {
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn decode_errors_are_classified() {
+        assert!(matches!(
+            decode(b"{not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(decode(b""), Err(DecodeError::Malformed(_))));
+        let deep = format!(
+            r#"{{"apiVersion":"{API_VERSION}","kind":"{KIND}","request":{{"uid":"u","object":{}{}}}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let e = decode(deep.as_bytes()).unwrap_err();
+        assert!(matches!(e, DecodeError::Malformed(_)), "{e}");
+        assert!(e.to_string().contains("recursion limit"), "{e}");
+        assert!(matches!(decode(b"[]"), Err(DecodeError::NotAReview(_))));
+        assert!(matches!(
+            decode(&body(json!({"apiVersion": "v1", "kind": "Pod"}))),
+            Err(DecodeError::NotAReview(_))
+        ));
+        assert!(matches!(
+            decode(&body(json!({"apiVersion": API_VERSION, "kind": KIND}))),
+            Err(DecodeError::NoRequest)
+        ));
+        assert!(matches!(
+            decode(&body(
+                json!({"apiVersion": API_VERSION, "kind": KIND, "request": {"uid": ""}})
+            )),
+            Err(DecodeError::NoUid)
+        ));
+        assert!(matches!(
+            decode(&body(
+                json!({"apiVersion": API_VERSION, "kind": KIND, "request": {"uid": 7}})
+            )),
+            Err(DecodeError::NotAReview(_))
+        ));
+    }
+
+    #[test]
+    fn encode_allowed_without_patch_has_no_patch_type() {
+        let out = Outcome {
+            decision: Decision::Allowed,
+            message: None,
+            patch: None,
+            warnings: vec![],
+            applied: vec![],
+            skipped: None,
+        };
+        let v: Value = serde_json::from_slice(&encode("abc", &out)).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": API_VERSION, "kind": KIND, "response": {"uid": "abc", "allowed": true}})
+        );
+    }
+}
