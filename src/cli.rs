@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the admission webhook server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print manifests as the webhook would admit them (offline).
     Mutate(MutateArgs),
     /// Generate a CA and a serving certificate for a self-managed install.
@@ -160,7 +160,7 @@ pub struct CheckConfigArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Mutate(args) => mutate_cmd(args),
         Command::Certs(args) => certs_cmd(args),
         Command::CheckConfig(args) => check_config(args),

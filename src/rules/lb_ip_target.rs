@@ -26,11 +26,11 @@ pub fn apply(
         return Ok(());
     }
     let class = object::str_at(svc, &["spec", "loadBalancerClass"]);
-    if let Some(class) = class {
-        if !cfg.aws_classes.iter().any(|c| c == class) {
-            // Somebody else's load balancer (MetalLB, a GKE class, ...).
-            return Ok(());
-        }
+    if let Some(class) = class
+        && !cfg.aws_classes.iter().any(|c| c == class)
+    {
+        // Somebody else's load balancer (MetalLB, a GKE class, ...).
+        return Ok(());
     }
 
     if cfg.target_type == TargetType::Ip {

@@ -1,0 +1,423 @@
+//! The real server over real TLS on a loopback socket, called the way the
+//! API server calls it: every fixture over HTTP/1.1 keep-alive and h2, every
+//! row of DESIGN.md's bad-input table, stalled clients, probes, metrics, and
+//! the one-command development start of the real binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn rt_test_limits(opts: &mut zonewise::server::ServeOptions) {
+    opts.limits.max_body_bytes = 64 * 1024;
+    opts.limits.request_timeout = Duration::from_millis(500);
+    opts.conn.header_read_timeout = Duration::from_millis(300);
+    opts.conn.idle_timeout = Duration::from_secs(30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fixture_over_http1_keepalive_and_h2() {
+    let server = TestServer::start().await;
+    for (proto, mut client) in [("http/1.1", server.h1().await), ("h2", server.h2().await)] {
+        // One connection per protocol: every review reuses it (keep-alive).
+        for case in CASES {
+            let body = fixture(case.name);
+            let answer = client.review(&body).await;
+            if let Some(again) = check_case(case, &body, &answer) {
+                check_converged(case, &client.review(&again).await);
+            }
+        }
+        eprintln!("{proto}: {} fixtures ok", CASES.len());
+    }
+    let metrics = server.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            r#"zonewise_admission_requests_total{endpoint="mutate",kind="Service",operation="CREATE",decision="denied"}"#
+        ) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            r#"zonewise_rules_applied_total{rule="zone-spread"}"#
+        ) >= 2.0
+    );
+    assert_eq!(server.stop().await, zonewise::server::Exit::Clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_endpoint_runs_local_policy_only() {
+    let server = TestServer::start().await;
+    let mut c = server.h1().await;
+    for (name, allowed) in [
+        ("svc-local", false),
+        ("svc-clusterip", true),
+        ("deploy-plain", true),
+    ] {
+        let reply = c.post("/validate", fixture(name)).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let a = decode_answer(&reply.body);
+        assert_eq!(a.allowed, allowed, "{name}");
+        assert!(a.patch.is_none(), "{name}: /validate never patches");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_and_1_3_both_serve() {
+    let server = TestServer::start().await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(zonewise::tls::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = tls_connect(
+            server.addr,
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)),
+        )
+        .await;
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+        let mut c = Client::h1(tls).await;
+        assert!(c.review(&fixture("svc-clusterip")).await.patch.is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_table() {
+    let server = TestServer::start_with(rt_test_limits).await;
+    let mut c = server.h1().await;
+
+    // not POST → 405 with Allow, JSON body
+    let r = c.request("GET", "/mutate", None, Default::default()).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers["allow"], "POST");
+    assert_eq!(r.json()["reason"], "method_not_allowed");
+    let r = c
+        .request("PUT", "/validate", Some("application/json"), "{}".into())
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // Content-Type not JSON → 415 (and missing Content-Type too)
+    let r = c
+        .request(
+            "POST",
+            "/mutate",
+            Some("text/plain"),
+            fixture("svc-clusterip").into(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(r.json()["reason"], "unsupported_media_type");
+    let r = c
+        .request("POST", "/mutate", None, fixture("svc-clusterip").into())
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // ...while parameters on a JSON type are fine.
+    let r = c
+        .request(
+            "POST",
+            "/mutate",
+            Some("application/json; charset=utf-8"),
+            fixture("svc-clusterip").into(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // 400s name the problem
+    let deep = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","object":{}{}}}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    let cases: [(&str, String, &str, &str); 6] = [
+        ("malformed", "{\"apiVersion\": ".into(), "malformed_json", "malformed JSON"),
+        ("nesting", deep, "malformed_json", "recursion limit"),
+        ("not a review", r#"{"apiVersion":"v1","kind":"Pod"}"#.into(), "not_admission_review", "AdmissionReview"),
+        (
+            "wrong shape",
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":"x"}"#.into(),
+            "not_admission_review",
+            "invalid type",
+        ),
+        ("no request", r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.into(), "no_request", "no request"),
+        (
+            "no uid",
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"operation":"CREATE"}}"#.into(),
+            "no_uid",
+            "no uid",
+        ),
+    ];
+    for (what, body, reason, text) in cases {
+        let r = c.post("/mutate", body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}");
+        assert_eq!(r.headers["content-type"], "application/json", "{what}");
+        let j = r.json();
+        assert_eq!(j["reason"], reason, "{what}: {j}");
+        assert!(j["error"].as_str().unwrap().contains(text), "{what}: {j}");
+    }
+
+    // unknown path
+    let r = c.request("GET", "/nope", None, Default::default()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // The same keep-alive connection still serves good reviews after all that.
+    assert!(c.review(&fixture("deploy-plain")).await.patch.is_some());
+    let metrics = server.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            r#"zonewise_bad_requests_total{reason="malformed_json"}"#
+        ) >= 2.0,
+        "{metrics}"
+    );
+}
+
+/// Raw HTTP/1.1 over TLS, for requests a well-behaved client cannot send.
+async fn raw(server: &TestServer) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    server.tls(&[b"http/1.1"]).await
+}
+
+async fn read_all_with_timeout(
+    s: &mut (impl AsyncReadExt + Unpin),
+    limit: Duration,
+) -> (String, Duration) {
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut buf)).await;
+    (String::from_utf8_lossy(&buf).into_owned(), start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_is_refused_without_reading_it() {
+    let server = TestServer::start_with(rt_test_limits).await;
+
+    // Declared length over the limit: 413 after sending only a few bytes.
+    let mut s = raw(&server).await;
+    s.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{\"a\":")
+        .await
+        .unwrap();
+    let (text, took) = read_all_with_timeout(&mut s, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(text.contains("body_too_large"), "{text}");
+    assert!(
+        took < Duration::from_secs(2),
+        "answered at once, not after a timeout: {took:?}"
+    );
+
+    // Chunked, no declared length: refused once the limit is crossed.
+    let mut s = raw(&server).await;
+    s.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+    for _ in 0..5 {
+        // 80 KiB in all, over the 64 KiB limit; the server may stop reading.
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let (text, _) = read_all_with_timeout(&mut s, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_are_cut_off_and_others_unaffected() {
+    let server = TestServer::start_with(rt_test_limits).await;
+    let mut good = server.h1().await;
+
+    // Headers that never finish: closed after header_read_timeout (300 ms).
+    let mut slow_headers = raw(&server).await;
+    slow_headers
+        .write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-")
+        .await
+        .unwrap();
+    // A body that never finishes: 408 after request_timeout (500 ms).
+    let mut slow_body = raw(&server).await;
+    slow_body
+        .write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"apiVersion\":")
+        .await
+        .unwrap();
+    // A TLS client that connects and never speaks.
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+
+    // Meanwhile a good client is served promptly, repeatedly.
+    for _ in 0..20 {
+        let start = Instant::now();
+        assert!(good.review(&fixture("svc-clusterip")).await.patch.is_some());
+        assert!(start.elapsed() < Duration::from_millis(500));
+    }
+
+    let (text, took) = read_all_with_timeout(&mut slow_headers, Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(3),
+        "slow headers closed by the header timeout: {took:?}"
+    );
+    assert!(!text.contains("200 OK"), "{text}");
+
+    let (text, took) = read_all_with_timeout(&mut slow_body, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+
+    // The silent TCP client is dropped by the TLS handshake timeout (10 s by
+    // default; it must not take the server down meanwhile).
+    silent.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(Ok(_)) | Ok(Err(_))),
+        "plain HTTP on the TLS port is refused promptly"
+    );
+    assert!(good.review(&fixture("deploy-plain")).await.patch.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_outlives_the_header_timeout() {
+    let server = TestServer::start_with(rt_test_limits).await;
+    let mut c = server.h1().await;
+    assert!(c.review(&fixture("svc-clusterip")).await.patch.is_some());
+    // Idle for longer than header_read_timeout (300 ms): the API server's
+    // pooled connection must still be usable.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(c.review(&fixture("svc-clusterip")).await.patch.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_metrics() {
+    let server = TestServer::start().await;
+    assert_eq!(
+        plain_get(server.metrics_addr, "/healthz").await,
+        (200, "ok\n".into())
+    );
+    assert_eq!(
+        plain_get(server.metrics_addr, "/readyz").await,
+        (200, "ok\n".into())
+    );
+    let mut c = server.h1().await;
+    let r = c.request("GET", "/readyz", None, Default::default()).await;
+    assert_eq!(r.status, StatusCode::OK, "readiness is on the TLS port too");
+    c.review(&fixture("deploy-calls")).await;
+    let text = server.metrics().await;
+    assert!(
+        text.contains("# TYPE zonewise_admission_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"zonewise_admission_duration_seconds_bucket{le="0.0001",endpoint="mutate"}"#
+        )
+    );
+    assert!(
+        metric(
+            &text,
+            r#"zonewise_rules_applied_total{rule="call-affinity"}"#
+        ) >= 1.0
+    );
+    assert!(metric(&text, "zonewise_warnings_total") >= 2.0);
+    assert!(
+        metric(&text, "zonewise_tls_cert_expiry_timestamp_seconds") > 1.7e9,
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"));
+}
+
+/// The README's first command, in a fresh directory: a development CA and
+/// certificate appear under certs/dev, the server answers with them, and a
+/// restart reuses them. Ports are 0 only so parallel test runs never clash.
+#[test]
+fn embedded_default_start_in_a_fresh_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = DefaultServer::start(dir.path());
+    let ca = std::fs::read_to_string(dir.path().join("certs/dev/ca.crt")).unwrap();
+    let cert = std::fs::read(dir.path().join("certs/dev/tls.crt")).unwrap();
+    assert!(dir.path().join("certs/dev/tls.key").exists());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = tls_connect(first.addr, client_connector(&ca, &[b"http/1.1"], None)).await;
+        let mut c = Client::h1(tls).await;
+        let a = c.review(&fixture("svc-clusterip")).await;
+        assert!(
+            a.patch.is_some(),
+            "the built-in policy applies zone-routing"
+        );
+    });
+    assert_eq!(first.stop(), Some(0), "SIGTERM: drain and exit 0");
+
+    let second = DefaultServer::start(dir.path());
+    assert_eq!(
+        std::fs::read(dir.path().join("certs/dev/tls.crt")).unwrap(),
+        cert,
+        "reused"
+    );
+    assert_eq!(second.stop(), Some(0));
+}
+
+struct DefaultServer {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl DefaultServer {
+    fn start(dir: &std::path::Path) -> DefaultServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zonewise"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(["--drain-delay", "0s"])
+            .current_dir(dir)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "listening" {
+                break v["addr"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        DefaultServer { child, addr }
+    }
+
+    fn stop(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
