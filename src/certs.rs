@@ -31,11 +31,10 @@ pub enum CertError {
     },
 }
 
-/// CA valid for 10 years; serving certificate for 1 year, for `names`
-/// (DNS names or IP addresses).
+/// A new CA, valid for 10 years, and a serving certificate it signed for
+/// `names` (DNS names or IP addresses), valid for 1 year.
 pub fn generate(names: &[String]) -> Result<Generated, CertError> {
     let now = OffsetDateTime::now_utc();
-
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name = dn("zonewise CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -44,7 +43,35 @@ pub fn generate(names: &[String]) -> Result<Generated, CertError> {
     ca.not_after = now + Duration::days(3650);
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca.self_signed(&ca_key)?;
+    let (serving_cert_pem, serving_key_pem) = leaf(names, &Issuer::new(ca, &ca_key))?;
+    Ok(Generated {
+        ca_cert_pem: ca_cert.pem(),
+        ca_key_pem: ca_key.serialize_pem(),
+        serving_cert_pem,
+        serving_key_pem,
+    })
+}
 
+/// A new serving certificate for `names` from an existing CA, so renewing
+/// it leaves the caBundle the API server trusts unchanged.
+pub fn issue(
+    names: &[String],
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+) -> Result<Generated, CertError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, &ca_key)?;
+    let (serving_cert_pem, serving_key_pem) = leaf(names, &issuer)?;
+    Ok(Generated {
+        ca_cert_pem: ca_cert_pem.to_string(),
+        ca_key_pem: ca_key_pem.to_string(),
+        serving_cert_pem,
+        serving_key_pem,
+    })
+}
+
+fn leaf(names: &[String], issuer: &Issuer<'_, &KeyPair>) -> Result<(String, String), CertError> {
+    let now = OffsetDateTime::now_utc();
     let mut leaf = CertificateParams::new(names.to_vec())?;
     leaf.distinguished_name = dn(names.first().map(String::as_str).unwrap_or("zonewise"));
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -52,16 +79,9 @@ pub fn generate(names: &[String]) -> Result<Generated, CertError> {
     leaf.use_authority_key_identifier_extension = true;
     leaf.not_before = now - Duration::hours(1);
     leaf.not_after = now + Duration::days(365);
-    let leaf_key = KeyPair::generate()?;
-    let issuer = Issuer::new(ca, &ca_key);
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
-
-    Ok(Generated {
-        ca_cert_pem: ca_cert.pem(),
-        ca_key_pem: ca_key.serialize_pem(),
-        serving_cert_pem: leaf_cert.pem(),
-        serving_key_pem: leaf_key.serialize_pem(),
-    })
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 fn dn(common_name: &str) -> DistinguishedName {
@@ -186,6 +206,22 @@ mod tests {
         let ca = ca.parse_x509().unwrap();
         cert.verify_signature(Some(ca.public_key())).unwrap();
         assert!(ca.is_ca());
+    }
+
+    #[test]
+    fn issue_keeps_the_ca() {
+        let first = generate(&["a.example".into()]).unwrap();
+        let second = issue(&["a.example".into()], &first.ca_cert_pem, &first.ca_key_pem).unwrap();
+        assert_eq!(second.ca_cert_pem, first.ca_cert_pem);
+        assert_ne!(second.serving_cert_pem, first.serving_cert_pem);
+        let (_, ca) = x509_parser::pem::parse_x509_pem(first.ca_cert_pem.as_bytes()).unwrap();
+        let ca = ca.parse_x509().unwrap();
+        let (_, leaf) =
+            x509_parser::pem::parse_x509_pem(second.serving_cert_pem.as_bytes()).unwrap();
+        leaf.parse_x509()
+            .unwrap()
+            .verify_signature(Some(ca.public_key()))
+            .unwrap();
     }
 
     #[test]

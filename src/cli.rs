@@ -148,6 +148,10 @@ pub struct CertsArgs {
     pub service: String,
     #[arg(long, default_value = "zonewise-system")]
     pub namespace: String,
+    /// Generate a new CA even when --out already holds ca.crt and ca.key
+    /// (the caBundle then changes).
+    #[arg(long)]
+    pub new_ca: bool,
 }
 
 #[derive(Debug, Args)]
@@ -324,7 +328,21 @@ fn certs_cmd(args: CertsArgs) -> ExitCode {
     } else {
         args.dns.clone()
     };
-    let generated = match certs::generate(&names) {
+    let existing_ca = (
+        std::fs::read_to_string(args.out.join("ca.crt")),
+        std::fs::read_to_string(args.out.join("ca.key")),
+    );
+    let generated = match existing_ca {
+        (Ok(ca_cert), Ok(ca_key)) if !args.new_ca => {
+            eprintln!(
+                "reusing the CA in {} (--new-ca to replace it)",
+                args.out.display()
+            );
+            certs::issue(&names, &ca_cert, &ca_key)
+        }
+        _ => certs::generate(&names),
+    };
+    let generated = match generated {
         Ok(g) => g,
         Err(e) => return fail(e),
     };
@@ -334,7 +352,8 @@ fn certs_cmd(args: CertsArgs) -> ExitCode {
     };
     let bundle = base64::engine::general_purpose::STANDARD.encode(&generated.ca_cert_pem);
     let bundle_path = args.out.join("ca.bundle.b64");
-    if let Err(e) = std::fs::write(&bundle_path, format!("{bundle}\n")) {
+    // No trailing newline: kustomize copies the file verbatim into caBundle.
+    if let Err(e) = std::fs::write(&bundle_path, &bundle) {
         return fail(format!("{}: {e}", bundle_path.display()));
     }
     eprintln!(

@@ -201,3 +201,22 @@ fn certs_writes_a_usable_pair_and_prints_the_ca_bundle() {
     );
     assert!(sans.contains("zonewise.zonewise-system.svc"), "{sans}");
 }
+
+#[test]
+fn certs_again_keeps_the_ca_so_the_ca_bundle_stays_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap();
+    let first = zonewise(&["certs", "--out", out_dir], None);
+    let serving = std::fs::read(dir.path().join("tls.crt")).unwrap();
+    let second = zonewise(&["certs", "--out", out_dir], None);
+    assert!(second.status.success());
+    assert_eq!(first.stdout, second.stdout, "same caBundle");
+    assert_ne!(
+        std::fs::read(dir.path().join("tls.crt")).unwrap(),
+        serving,
+        "new serving certificate"
+    );
+    assert!(text(&second.stderr).contains("reusing the CA"));
+    let third = zonewise(&["certs", "--out", out_dir, "--new-ca"], None);
+    assert_ne!(third.stdout, first.stdout, "--new-ca replaces it");
+}

@@ -340,7 +340,7 @@ async fn probes_and_metrics() {
 #[test]
 fn embedded_default_start_in_a_fresh_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let first = DefaultServer::start(dir.path());
+    let first = ServerProcess::start(dir.path(), &["--drain-delay", "0s"]);
     let ca = std::fs::read_to_string(dir.path().join("certs/dev/ca.crt")).unwrap();
     let cert = std::fs::read(dir.path().join("certs/dev/tls.crt")).unwrap();
     assert!(dir.path().join("certs/dev/tls.key").exists());
@@ -356,68 +356,11 @@ fn embedded_default_start_in_a_fresh_directory() {
     });
     assert_eq!(first.stop(), Some(0), "SIGTERM: drain and exit 0");
 
-    let second = DefaultServer::start(dir.path());
+    let second = ServerProcess::start(dir.path(), &["--drain-delay", "0s"]);
     assert_eq!(
         std::fs::read(dir.path().join("certs/dev/tls.crt")).unwrap(),
         cert,
         "reused"
     );
     assert_eq!(second.stop(), Some(0));
-}
-
-struct DefaultServer {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-}
-
-impl DefaultServer {
-    fn start(dir: &std::path::Path) -> DefaultServer {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zonewise"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .args(["--drain-delay", "0s"])
-            .current_dir(dir)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("server exited before listening")
-                .unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["message"] == "listening" {
-                break v["addr"].as_str().unwrap().parse().unwrap();
-            }
-        };
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        DefaultServer { child, addr }
-    }
-
-    fn stop(mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "server did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }

@@ -557,3 +557,92 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+// ------------------------------------------------------ the real binary
+
+/// `zonewise serve` as a child process on loopback ports chosen by the OS,
+/// logging JSON; the addresses are read from its "listening" line.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+}
+
+impl ServerProcess {
+    pub fn start(dir: &Path, extra: &[&str]) -> ServerProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zonewise"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(extra)
+            .current_dir(dir)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let (addr, metrics_addr) = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "listening" {
+                break (
+                    v["addr"].as_str().unwrap().parse().unwrap(),
+                    v["metrics_addr"].as_str().unwrap().parse().unwrap(),
+                );
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ServerProcess {
+            child,
+            addr,
+            metrics_addr,
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits up to `limit` for the exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("server did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        self.signal("TERM");
+        self.wait(Duration::from_secs(10))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
