@@ -77,6 +77,26 @@ pub struct ServeArgs {
     /// Kubeconfig for the cluster cache (in-cluster config is detected).
     #[arg(long, env = "ZONEWISE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Use the cluster cache when there is cluster access (`auto`), or never.
+    #[arg(
+        long,
+        env = "ZONEWISE_CLUSTER_CACHE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub cluster_cache: CacheMode,
+    /// Namespaces the cache watches: `all`, or `labelled`
+    /// (zonewise.io/enabled=true; needs list/watch on namespaces).
+    #[arg(
+        long,
+        env = "ZONEWISE_CACHE_NAMESPACES",
+        value_enum,
+        default_value = "all"
+    )]
+    pub cache_namespaces: crate::cluster::Scope,
+    /// Longest wait for the cache's initial lists before serving degraded.
+    #[arg(long, env = "ZONEWISE_CACHE_SYNC_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub cache_sync_timeout: Duration,
     /// Longest time from SIGTERM to exit.
     #[arg(long, env = "ZONEWISE_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -125,6 +145,12 @@ pub struct MutateArgs {
     /// Namespace for manifests that do not name one.
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -229,11 +255,17 @@ pub fn serve_options(args: &ServeArgs) -> ServeOptions {
         drain_delay: args.drain_delay,
         reload_interval: args.reload_interval,
         own_namespace: server::own_namespace(),
+        cluster: server::ClusterOptions {
+            enabled: args.cluster_cache == CacheMode::Auto,
+            kubeconfig: args.kubeconfig.clone(),
+            scope: args.cache_namespaces,
+            sync_timeout: args.cache_sync_timeout,
+        },
     }
 }
 
 async fn serve_async(args: ServeArgs) -> anyhow::Result<Exit> {
-    let server = Server::load(serve_options(&args))?;
+    let server = Server::load(serve_options(&args)).await?;
     let listeners = Listeners::bind(args.listen, args.metrics_listen).await?;
     let (trigger, signal) = server::shutdown_channel();
     spawn_signal_handlers(trigger, server.reload_handle())?;

@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod lookups;
 pub mod metrics;

@@ -96,6 +96,75 @@ impl InMemory {
     }
 }
 
+/// Updates, as the cluster cache applies watch events. A `scope` of `None`
+/// is the whole cluster, `Some(ns)` one namespace.
+impl InMemory {
+    pub fn replace_services(
+        &mut self,
+        scope: Option<&str>,
+        entries: Vec<(ObjectRef, ServiceFacts)>,
+    ) {
+        match scope {
+            None => self.services.clear(),
+            Some(ns) => self.services.retain(|k, _| k.namespace != ns),
+        }
+        self.services.extend(entries);
+    }
+
+    pub fn upsert_service(&mut self, svc: ObjectRef, facts: ServiceFacts) {
+        self.services.insert(svc, facts);
+    }
+
+    pub fn remove_service(&mut self, svc: &ObjectRef) {
+        self.services.remove(svc);
+    }
+
+    pub fn replace_daemonsets(
+        &mut self,
+        scope: Option<&str>,
+        entries: Vec<(String, DaemonSetEntry)>,
+    ) {
+        match scope {
+            None => self.daemonsets.clear(),
+            Some(ns) => {
+                self.daemonsets.remove(ns);
+            }
+        }
+        for (ns, entry) in entries {
+            self.daemonsets
+                .entry(ns)
+                .or_default()
+                .insert(entry.facts.name.clone(), entry);
+        }
+    }
+
+    pub fn upsert_daemonset(&mut self, ns: &str, entry: DaemonSetEntry) {
+        self.daemonsets
+            .entry(ns.to_string())
+            .or_default()
+            .insert(entry.facts.name.clone(), entry);
+    }
+
+    pub fn remove_daemonset(&mut self, ns: &str, name: &str) {
+        if let Some(by_name) = self.daemonsets.get_mut(ns) {
+            by_name.remove(name);
+            if by_name.is_empty() {
+                self.daemonsets.remove(ns);
+            }
+        }
+    }
+
+    /// Drops everything known about `ns` (it is no longer watched).
+    pub fn forget_namespace(&mut self, ns: &str) {
+        self.services.retain(|k, _| k.namespace != ns);
+        self.daemonsets.remove(ns);
+    }
+
+    pub fn daemonset_count(&self) -> usize {
+        self.daemonsets.values().map(BTreeMap::len).sum()
+    }
+}
+
 impl Lookups for InMemory {
     fn service(&self, svc: &ObjectRef) -> Lookup<ServiceFacts> {
         match self.services.get(svc) {
@@ -189,6 +258,41 @@ mod tests {
                 restricted: false
             })
         );
+    }
+
+    #[test]
+    fn scoped_replace_keeps_other_namespaces() {
+        let mut m = InMemory::default()
+            .with_service("a", "x", ServiceFacts::default())
+            .with_service("b", "y", ServiceFacts::default());
+        m.replace_services(
+            Some("a"),
+            vec![(ObjectRef::new("a", "z"), ServiceFacts::default())],
+        );
+        assert_eq!(m.service(&ObjectRef::new("a", "x")), Lookup::NotFound);
+        assert!(matches!(
+            m.service(&ObjectRef::new("a", "z")),
+            Lookup::Found(_)
+        ));
+        assert!(matches!(
+            m.service(&ObjectRef::new("b", "y")),
+            Lookup::Found(_)
+        ));
+        m.replace_services(None, Vec::new());
+        assert!(m.services.is_empty());
+        m.upsert_daemonset(
+            "a",
+            DaemonSetEntry {
+                labels: labels(&[("k", "v")]),
+                facts: DaemonSetFacts {
+                    name: "d".into(),
+                    restricted: false,
+                },
+            },
+        );
+        assert_eq!(m.daemonset_count(), 1);
+        m.remove_daemonset("a", "d");
+        assert_eq!(m.daemonset_count(), 0);
     }
 
     #[test]

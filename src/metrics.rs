@@ -4,14 +4,16 @@
 //! reason), never namespaces or names, so cardinality stays fixed however
 //! many objects pass through.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -76,6 +78,43 @@ pub struct Metrics {
     pub lookup_fallbacks: Family<ReasonLabels, Counter>,
     pub cache_objects: Family<KindLabels, Gauge>,
     pub cache_watch_restarts: Family<KindLabels, Counter>,
+    pub cache_last_sync: Arc<LastSync>,
+}
+
+/// When each cluster watch last proved itself alive (a completed list or an
+/// event), exported as an age computed at scrape time.
+#[derive(Debug, Default)]
+pub struct LastSync {
+    at: Mutex<BTreeMap<&'static str, Instant>>,
+}
+
+impl LastSync {
+    pub fn touch(&self, kind: &'static str) {
+        self.at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind, Instant::now());
+    }
+}
+
+impl Collector for LastSync {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let at = self.at.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if at.is_empty() {
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "cache_last_sync_age_seconds",
+            "Seconds since the cluster cache last listed or received an event, by kind",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (kind, t) in at {
+            let gauge = ConstGauge::new(t.elapsed().as_secs_f64());
+            gauge.encode(family.encode_family(&KindLabels { kind })?)?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -111,6 +150,7 @@ impl Metrics {
             lookup_fallbacks: Family::default(),
             cache_objects: Family::default(),
             cache_watch_restarts: Family::default(),
+            cache_last_sync: Arc::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -184,6 +224,7 @@ impl Metrics {
             "Cluster watches restarted after an error, by kind",
             m.cache_watch_restarts.clone(),
         );
+        registry.register_collector(Box::new(m.cache_last_sync.clone()));
         for c in collectors {
             registry.register_collector(c);
         }

@@ -455,3 +455,27 @@ fn self_managed_overlay_carries_generated_certs() {
     let ca_key = std::fs::read_to_string(certs.join("ca.key")).unwrap();
     assert!(!text.contains(&b64.encode(ca_key.as_bytes())));
 }
+
+#[test]
+fn labelled_namespaces_component_adds_only_namespace_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("deploy"), &tmp.path().join("deploy"));
+    let overlay = tmp.path().join("deploy/overlays/labelled");
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "resources: [../../base]\ncomponents: [../../components/labelled-namespaces]\n",
+    )
+    .unwrap();
+    let objs = kustomize(&overlay);
+    typed_check(&objs);
+    let role = find(&objs, "ClusterRole", "zonewise-read");
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 3);
+    assert_eq!(strings(&rules[2]["resources"]), ["namespaces"]);
+    assert_eq!(strings(&rules[2]["verbs"]), ["get", "list", "watch"]);
+    let args = strings(
+        &find(&objs, "Deployment", "zonewise")["spec"]["template"]["spec"]["containers"][0]["args"],
+    );
+    assert!(args.contains(&"--cache-namespaces=labelled"), "{args:?}");
+}

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::certs;
+use crate::cluster::{self, ClusterCache, Metered, Scope};
 use crate::config::{Config, Environment, Policy};
 use crate::lookups::{Lookups, NoCluster};
 use crate::metrics::{Metrics, ResultLabels};
@@ -59,6 +60,29 @@ impl Default for RequestLimits {
     }
 }
 
+/// The optional cluster cache.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Use cluster access when there is some (`--kubeconfig` or in-cluster).
+    pub enabled: bool,
+    pub kubeconfig: Option<PathBuf>,
+    pub scope: Scope,
+    /// Readiness waits at most this long for the initial lists; after that
+    /// zonewise serves in degraded mode (lookups fall back to config).
+    pub sync_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            enabled: true,
+            kubeconfig: None,
+            scope: Scope::All,
+            sync_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub tls: TlsSource,
@@ -75,6 +99,7 @@ pub struct ServeOptions {
     pub reload_interval: Duration,
     /// The namespace zonewise runs in (never mutated).
     pub own_namespace: Option<String>,
+    pub cluster: ClusterOptions,
 }
 
 impl Default for ServeOptions {
@@ -91,6 +116,7 @@ impl Default for ServeOptions {
             drain_delay: Duration::from_secs(5),
             reload_interval: Duration::from_secs(5),
             own_namespace: None,
+            cluster: ClusterOptions::default(),
         }
     }
 }
@@ -133,14 +159,26 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(policy: Policy, lookups: Arc<dyn Lookups>, limits: RequestLimits) -> Arc<AppState> {
+    pub fn new(
+        policy: Policy,
+        lookups: Arc<dyn Lookups>,
+        limits: RequestLimits,
+        metrics: Arc<Metrics>,
+    ) -> Arc<AppState> {
         Arc::new(AppState {
             policy: ArcSwap::from_pointee(policy),
             lookups,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             health: Arc::new(Health::default()),
             limits,
         })
+    }
+
+    /// Rebuilds the policy for a new environment (API server version),
+    /// keeping the running config.
+    fn set_environment(&self, env: &Environment) {
+        let config = self.policy.load().config.clone();
+        self.policy.store(Arc::new(Policy::new(config, env)));
     }
 }
 
@@ -204,14 +242,42 @@ pub struct Server {
     cert_paths: (PathBuf, PathBuf),
     cert_bytes: Vec<Vec<u8>>,
     config_bytes: Option<Vec<u8>>,
-    env: Environment,
+    /// Shared with the config reloader and the version tracker, so each
+    /// rebuilds the policy from the latest of both.
+    env: Arc<ArcSwap<Environment>>,
     reload: Arc<Notify>,
+    cluster: Option<(kube::Client, Arc<ClusterCache>)>,
 }
 
 impl Server {
-    pub fn load(opts: ServeOptions) -> anyhow::Result<Server> {
+    pub async fn load(opts: ServeOptions) -> anyhow::Result<Server> {
+        let metrics = Arc::new(Metrics::default());
+        let client = if opts.cluster.enabled {
+            cluster::connect(opts.cluster.kubeconfig.as_deref()).await?
+        } else {
+            None
+        };
+        // routing: auto needs the version; a slow API server must not hold
+        // start-up, so it is bounded and retried in the background.
+        let server_version = match &client {
+            Some(c) => {
+                match tokio::time::timeout(Duration::from_secs(5), cluster::server_version(c)).await
+                {
+                    Ok(Ok(v)) => Some(v),
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "cannot read the API server version; will retry");
+                        None
+                    }
+                    Err(_) => {
+                        warn!("API server version not read within 5s; will retry");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let env = Environment {
-            server_version: None,
+            server_version,
             own_namespace: opts.own_namespace.clone(),
         };
         let (config, config_bytes) = match &opts.config {
@@ -250,8 +316,30 @@ impl Server {
             opts.client_ca.as_deref(),
         )?);
 
-        let lookups: Arc<dyn Lookups> = Arc::new(NoCluster);
-        let state = AppState::new(policy, lookups, opts.limits.clone());
+        let (lookups, cluster): (Arc<dyn Lookups>, _) = match client {
+            Some(client) => {
+                let cache = ClusterCache::new(opts.cluster.scope, metrics.clone());
+                let lookups = Arc::new(Metered {
+                    inner: cache.clone(),
+                    metrics: metrics.clone(),
+                });
+                info!(scope = ?opts.cluster.scope, version = ?env.server_version, "cluster access: starting the cache");
+                (lookups, Some((client, cache)))
+            }
+            None => {
+                info!("no cluster access: lookups fall back to the config");
+                let lookups = Arc::new(Metered {
+                    inner: NoCluster,
+                    metrics: metrics.clone(),
+                });
+                (lookups, None)
+            }
+        };
+        let state = AppState::new(policy, lookups, opts.limits.clone(), metrics);
+        state
+            .health
+            .cache_synced
+            .store(cluster.is_none(), Ordering::Relaxed);
         state.metrics.cert_expiry.set(pair.not_after);
         Ok(Server {
             opts,
@@ -261,8 +349,9 @@ impl Server {
             cert_paths: (cert, key),
             cert_bytes,
             config_bytes,
-            env,
+            env: Arc::new(ArcSwap::from_pointee(env)),
             reload: Arc::new(Notify::new()),
+            cluster,
         })
     }
 
@@ -291,6 +380,25 @@ impl Server {
         background.spawn(self.watch_certificate());
         if let Some(fut) = self.watch_config() {
             background.spawn(fut);
+        }
+        let mut cluster_tasks = Vec::new();
+        if let Some((client, cache)) = self.cluster.clone() {
+            let reconnected = Arc::new(Notify::new());
+            cluster_tasks = cluster::start(client.clone(), cache.clone(), reconnected.clone());
+            background.spawn(wait_for_cache(
+                cache,
+                health.clone(),
+                self.opts.cluster.sync_timeout,
+            ));
+            let (env, app) = (self.env.clone(), state.clone());
+            let known = env.load().server_version;
+            background.spawn(cluster::track_version(client, known, reconnected, move |v| {
+                let mut next = (**env.load()).clone();
+                next.server_version = Some(v);
+                app.set_environment(&next);
+                env.store(Arc::new(next));
+                info!(routing = %app.policy.load().routing, "policy re-resolved for the API server version");
+            }));
         }
         let metrics_app = http::metrics_router(state.clone());
         background.spawn(async move {
@@ -330,6 +438,9 @@ impl Server {
             _ = shutdown.nth(2) => return Ok(Exit::Aborted),
         }
         background.abort_all();
+        cluster_tasks
+            .iter()
+            .for_each(tokio::task::JoinHandle::abort);
         Ok(Exit::Clean)
     }
 
@@ -376,7 +487,7 @@ impl Server {
                 let text = String::from_utf8_lossy(&files[0]);
                 match Config::from_yaml(&text) {
                     Ok(config) => {
-                        let policy = Policy::new(config, &env);
+                        let policy = Policy::new(config, &env.load());
                         info!(path = %path.display(), forced, routing = %policy.routing, "config reloaded");
                         state.policy.store(Arc::new(policy));
                         state
@@ -397,6 +508,27 @@ impl Server {
             },
         ))
     }
+}
+
+/// Readiness waits for the cache's initial lists, but only so long: a slow
+/// or unreachable API server must not keep the webhook out of service, since
+/// every rule has a fallback.
+async fn wait_for_cache(cache: Arc<ClusterCache>, health: Arc<Health>, limit: Duration) {
+    if tokio::time::timeout(limit, cache.wait_synced())
+        .await
+        .is_ok()
+    {
+        info!("cluster cache synced");
+        health.cache_synced.store(true, Ordering::Relaxed);
+        return;
+    }
+    warn!(
+        ?limit,
+        "cluster cache not synced in time: ready in degraded mode, lookups fall back until it syncs"
+    );
+    health.cache_synced.store(true, Ordering::Relaxed);
+    cache.wait_synced().await;
+    info!("cluster cache synced; leaving degraded mode");
 }
 
 /// The namespace this pod runs in: `POD_NAMESPACE` (downward API) or the

@@ -302,6 +302,11 @@ pub fn test_options(dir: &Path) -> (ServeOptions, String, PathBuf, PathBuf) {
         drain_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(5),
         reload_interval: Duration::from_millis(100),
+        // Never pick up a cluster from the environment the tests run in.
+        cluster: zonewise::server::ClusterOptions {
+            enabled: false,
+            ..Default::default()
+        },
         ..ServeOptions::default()
     };
     (opts, g.ca_cert_pem, w.cert, w.key)
@@ -316,7 +321,7 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let (mut opts, ca_pem, cert_path, key_path) = test_options(dir.path());
         customize(&mut opts);
-        let server = Server::load(opts).unwrap();
+        let server = Server::load(opts).await.unwrap();
         let state = server.state();
         let listeners = Listeners::bind(
             "127.0.0.1:0".parse().unwrap(),
