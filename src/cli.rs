@@ -130,6 +130,9 @@ pub struct ServeArgs {
     /// Worker threads (default: one per core).
     #[arg(long, env = "ZONEWISE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// Benchmark baseline: read bodies, answer a fixed allowed:true.
+    #[arg(long, hide = true)]
+    pub noop_baseline: bool,
 }
 
 #[derive(Debug, Args)]
@@ -261,6 +264,7 @@ pub fn serve_options(args: &ServeArgs) -> ServeOptions {
             scope: args.cache_namespaces,
             sync_timeout: args.cache_sync_timeout,
         },
+        noop_baseline: args.noop_baseline,
     }
 }
 

@@ -20,6 +20,7 @@ pub mod reload;
 pub mod review;
 pub mod rules;
 pub mod server;
+pub mod sparse;
 pub mod telemetry;
 pub mod tls;
 pub mod wire;

@@ -216,6 +216,7 @@ fn synthetic_request(obj: Value, default_namespace: &str, n: usize) -> Admission
         dry_run: false,
         object: Some(obj),
         old_object: None,
+        complete: true,
     }
 }
 
@@ -246,7 +247,10 @@ fn parse(input: &str) -> Result<Vec<Doc>, MutateError> {
     for v in values.into_iter().filter(|v| !v.is_null()) {
         if object::str_at(&v, &["kind"]) == Some(wire::KIND) {
             let bytes = serde_json::to_vec(&v).map_err(|e| MutateError::Parse(e.to_string()))?;
-            docs.push(Doc::Review(Box::new(wire::decode(&bytes)?)));
+            docs.push(Doc::Review(Box::new(wire::decode_with(
+                &bytes,
+                wire::Objects::Full,
+            )?)));
         } else {
             docs.push(Doc::Object(v));
         }

@@ -79,6 +79,9 @@ pub struct AdmissionRequest {
     pub dry_run: bool,
     pub object: Option<Value>,
     pub old_object: Option<Value>,
+    /// `object` holds the whole object; `false` when only the parts the
+    /// rules read were parsed (see [`crate::sparse`]).
+    pub complete: bool,
 }
 
 /// `/mutate` runs every rule; `/validate` only `local-policy`, for a
@@ -149,12 +152,17 @@ impl Target {
 
     /// The object deserializes into its k8s-openapi type. An object that
     /// does not is allowed untouched: patching something malformed could
-    /// only make the API server's own error harder to read.
-    fn parses(self, obj: &Value) -> Result<(), String> {
+    /// only make the API server's own error harder to read. A sparse object
+    /// (the admission path) is checked in the parts that were kept, which
+    /// are all the parts the rules read or write; the API server has already
+    /// decoded the whole object into the same types before calling us.
+    fn parses(self, obj: &Value, complete: bool) -> Result<(), String> {
         use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
-        let r = match self {
-            Target::Service => Service::deserialize(obj).map(drop),
-            Target::Deployment => Deployment::deserialize(obj).map(drop),
+        let r = match (self, complete) {
+            // Every Service field is optional, so a sparse one checks as is.
+            (Target::Service, _) => Service::deserialize(obj).map(drop),
+            (Target::Deployment, true) => Deployment::deserialize(obj).map(drop),
+            (Target::Deployment, false) => view::Deployment::deserialize(obj).map(drop),
         };
         r.map_err(|e| e.to_string())
     }
@@ -201,7 +209,7 @@ pub fn review(
     if policy.excluded.contains(namespace) {
         return Outcome::allow("excluded namespace", Vec::new());
     }
-    if let Err(e) = target.parses(obj) {
+    if let Err(e) = target.parses(obj, req.complete) {
         return Outcome::allow(
             "object does not parse",
             vec![format!(
@@ -310,6 +318,52 @@ pub fn review(
     }
 }
 
+/// The typed shape of the parts of a Deployment the rules read, with the
+/// k8s-openapi types (and required fields) of apps/v1.
+mod view {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{Affinity, TopologySpreadConstraint};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Deployment {
+        #[serde(rename = "metadata")]
+        _metadata: Option<ObjectMeta>,
+        #[serde(rename = "spec")]
+        _spec: Option<DeploymentSpec>,
+    }
+
+    #[derive(Deserialize)]
+    struct DeploymentSpec {
+        #[serde(rename = "replicas")]
+        _replicas: Option<i32>,
+        #[serde(rename = "selector")]
+        _selector: LabelSelector,
+        #[serde(rename = "template")]
+        _template: PodTemplateSpec,
+    }
+
+    #[derive(Deserialize)]
+    struct PodTemplateSpec {
+        #[serde(rename = "metadata")]
+        _metadata: Option<ObjectMeta>,
+        #[serde(rename = "spec")]
+        _spec: Option<PodSpec>,
+    }
+
+    #[derive(Deserialize)]
+    struct PodSpec {
+        #[serde(rename = "topologySpreadConstraints")]
+        _topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+        #[serde(rename = "affinity")]
+        _affinity: Option<Affinity>,
+        #[serde(rename = "nodeSelector")]
+        _node_selector: Option<BTreeMap<String, String>>,
+    }
+}
+
 /// The request's namespace; objects in a create request often have none in
 /// their metadata. `mutate` on a raw manifest passes the manifest's own.
 fn effective_namespace<'a>(req: &'a AdmissionRequest, obj: &'a Value) -> &'a str {
@@ -390,6 +444,7 @@ mod tests {
             dry_run: false,
             object: Some(obj),
             old_object: None,
+            complete: true,
         }
     }
 
@@ -582,6 +637,50 @@ mod tests {
             out.warnings[0].contains("does not parse"),
             "{:?}",
             out.warnings
+        );
+    }
+
+    #[test]
+    fn sparse_objects_are_checked_in_the_parts_kept() {
+        let body = |obj: Value| {
+            serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "u", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+                            "namespace": "shop", "operation": "CREATE", "object": obj}}))
+            .unwrap()
+        };
+        // A bad selector is in a kept part: not parsed, no patch.
+        let bad = with(
+            deployment(),
+            &["spec", "selector"],
+            json!({"matchLabels": "web"}),
+        );
+        let req = crate::wire::decode(&body(bad)).unwrap();
+        assert!(!req.complete);
+        let out = run(&req);
+        assert!(
+            out.patch.is_none() && out.warnings[0].contains("does not parse"),
+            "{:?}",
+            out.warnings
+        );
+        // A missing template is too (apps/v1 requires it).
+        let mut no_template = deployment();
+        no_template["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("template");
+        assert!(
+            run(&crate::wire::decode(&body(no_template)).unwrap())
+                .patch
+                .is_none()
+        );
+        // The same patch as for the whole object otherwise.
+        let sparse = run(&crate::wire::decode(&body(deployment())).unwrap());
+        let full = run(
+            &crate::wire::decode_with(&body(deployment()), crate::wire::Objects::Full).unwrap(),
+        );
+        assert_eq!(
+            serde_json::to_value(sparse.patch).unwrap(),
+            serde_json::to_value(full.patch).unwrap()
         );
     }
 

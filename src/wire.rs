@@ -1,42 +1,24 @@
 //! The `admission.k8s.io/v1` AdmissionReview on the wire.
 //!
-//! Own serde types rather than `kube::core::admission`: the request side
-//! keeps `object` as a raw `Value` in a single parse (kube's
-//! `DynamicObject` goes through `serde(flatten)`, which buffers the object
-//! twice), and the response side sends `patch` as the base64 string the
-//! Kubernetes API documents, where kube-core 5 sends an array of numbers
-//! (kube-rs/kube#1781).
+//! Own serde code rather than `kube::core::admission`: the request side
+//! parses `object` once, as raw JSON, and only as much of it as the rules
+//! read (kube's `DynamicObject` goes through `serde(flatten)`, which buffers
+//! the whole object twice), and the response side sends `patch` as the
+//! base64 string the Kubernetes API documents, where kube-core 5 sends an
+//! array of numbers (kube-rs/kube#1781).
+
+use std::fmt;
 
 use base64::Engine;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::review::{AdmissionRequest, Decision, GroupVersionKind, Operation, Outcome};
+use crate::sparse;
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewIn {
-    api_version: Option<String>,
-    kind: Option<String>,
-    request: Option<RequestIn>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestIn {
-    uid: Option<String>,
-    kind: Option<GroupVersionKind>,
-    sub_resource: Option<String>,
-    name: Option<String>,
-    namespace: Option<String>,
-    operation: Option<String>,
-    dry_run: Option<bool>,
-    object: Option<Value>,
-    old_object: Option<Value>,
-}
 
 /// Why a body is not a usable AdmissionReview (answered with 400).
 #[derive(Debug, thiserror::Error)]
@@ -63,15 +45,33 @@ impl DecodeError {
     }
 }
 
+/// How much of `object`/`oldObject` to parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objects {
+    /// Only what the rules read (the admission path; see [`crate::sparse`]).
+    Sparse,
+    /// Everything (`zonewise mutate`, which prints the objects).
+    Full,
+}
+
+/// Decodes an AdmissionReview for the admission path.
 pub fn decode(body: &[u8]) -> Result<AdmissionRequest, DecodeError> {
-    let review: ReviewIn = serde_json::from_slice(body).map_err(|e| {
-        // serde_json's recursion limit (128) turns pathological nesting into
-        // a syntax error here, before it can exhaust the stack.
-        match e.classify() {
-            serde_json::error::Category::Data => DecodeError::NotAReview(e.to_string()),
-            _ => DecodeError::Malformed(e),
-        }
-    })?;
+    decode_with(body, Objects::Sparse)
+}
+
+pub fn decode_with(body: &[u8], objects: Objects) -> Result<AdmissionRequest, DecodeError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let review = ReviewSeed(objects)
+        .deserialize(&mut de)
+        .and_then(|r| de.end().map(|()| r))
+        .map_err(|e| {
+            // serde_json's recursion limit (128) turns pathological nesting
+            // into a syntax error here, before it can exhaust the stack.
+            match e.classify() {
+                serde_json::error::Category::Data => DecodeError::NotAReview(e.to_string()),
+                _ => DecodeError::Malformed(e),
+            }
+        })?;
     match (review.api_version.as_deref(), review.kind.as_deref()) {
         (Some(API_VERSION), Some(KIND)) => {}
         (v, k) => {
@@ -103,7 +103,181 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest, DecodeError> {
         dry_run: req.dry_run.unwrap_or(false),
         object: req.object,
         old_object: req.old_object,
+        complete: req.complete,
     })
+}
+
+#[derive(Default)]
+struct ReviewIn {
+    api_version: Option<String>,
+    kind: Option<String>,
+    request: Option<RequestIn>,
+}
+
+#[derive(Default)]
+struct RequestIn {
+    uid: Option<String>,
+    kind: Option<GroupVersionKind>,
+    sub_resource: Option<String>,
+    name: Option<String>,
+    namespace: Option<String>,
+    operation: Option<String>,
+    dry_run: Option<bool>,
+    object: Option<Value>,
+    old_object: Option<Value>,
+    complete: bool,
+}
+
+/// The review, visited by hand so the objects can be parsed according to
+/// `request.kind` (which the API server sends before `object`).
+struct ReviewSeed(Objects);
+
+impl<'de> DeserializeSeed<'de> for ReviewSeed {
+    type Value = ReviewIn;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ReviewIn, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ReviewSeed {
+    type Value = ReviewIn;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an AdmissionReview object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ReviewIn, A::Error> {
+        let mut out = ReviewIn::default();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match key.as_str() {
+                "apiVersion" => out.api_version = map.next_value()?,
+                "kind" => out.kind = map.next_value()?,
+                "request" => out.request = map.next_value_seed(RequestSeed(self.0))?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct RequestSeed(Objects);
+
+impl<'de> DeserializeSeed<'de> for RequestSeed {
+    type Value = Option<RequestIn>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<RequestIn>, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RequestSeed {
+    type Value = Option<RequestIn>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an AdmissionRequest object")
+    }
+
+    fn visit_none<E>(self) -> Result<Option<RequestIn>, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Option<RequestIn>, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<RequestIn>, D::Error> {
+        d.deserialize_map(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<RequestIn>, A::Error> {
+        let mut out = RequestIn {
+            complete: true,
+            ..RequestIn::default()
+        };
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match key.as_str() {
+                "uid" => out.uid = map.next_value()?,
+                "kind" => out.kind = map.next_value()?,
+                "subResource" => out.sub_resource = map.next_value()?,
+                "name" => out.name = map.next_value()?,
+                "namespace" => out.namespace = map.next_value()?,
+                "operation" => out.operation = map.next_value()?,
+                "dryRun" => out.dry_run = map.next_value()?,
+                field @ ("object" | "oldObject") => {
+                    let interest = match (self.0, out.kind.as_ref()) {
+                        (Objects::Full, _) | (Objects::Sparse, None) => None,
+                        (Objects::Sparse, Some(gvk)) => Some(sparse::interest(gvk)),
+                    };
+                    let value = match interest {
+                        None => map.next_value::<Option<Value>>()?,
+                        // A kind no rule handles: its objects are never read.
+                        Some(None) => {
+                            map.next_value::<IgnoredAny>()?;
+                            None
+                        }
+                        Some(Some(i)) => {
+                            out.complete = false;
+                            map.next_value_seed(OptionalSparse(i))?
+                        }
+                    };
+                    if field == "object" {
+                        out.object = value;
+                    } else {
+                        out.old_object = value;
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// `null` or a sparsely parsed object.
+struct OptionalSparse(&'static sparse::Interest);
+
+impl<'de> DeserializeSeed<'de> for OptionalSparse {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
+        match sparse::Sparse(self.0).deserialize(d)? {
+            Value::Null => Ok(None),
+            v => Ok(Some(v)),
+        }
+    }
+}
+
+/// A map key, borrowed from the body when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 #[derive(Serialize)]

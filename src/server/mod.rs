@@ -100,6 +100,9 @@ pub struct ServeOptions {
     /// The namespace zonewise runs in (never mutated).
     pub own_namespace: Option<String>,
     pub cluster: ClusterOptions,
+    /// Benchmark baseline only: read each /mutate body exactly as usual,
+    /// then answer a fixed `allowed: true` without reviewing it.
+    pub noop_baseline: bool,
 }
 
 impl Default for ServeOptions {
@@ -117,6 +120,7 @@ impl Default for ServeOptions {
             reload_interval: Duration::from_secs(5),
             own_namespace: None,
             cluster: ClusterOptions::default(),
+            noop_baseline: false,
         }
     }
 }
@@ -156,6 +160,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub limits: RequestLimits,
+    pub noop_baseline: bool,
 }
 
 impl AppState {
@@ -171,6 +176,7 @@ impl AppState {
             metrics,
             health: Arc::new(Health::default()),
             limits,
+            noop_baseline: false,
         })
     }
 
@@ -335,7 +341,10 @@ impl Server {
                 (lookups, None)
             }
         };
-        let state = AppState::new(policy, lookups, opts.limits.clone(), metrics);
+        let mut state = AppState::new(policy, lookups, opts.limits.clone(), metrics);
+        if let Some(s) = Arc::get_mut(&mut state) {
+            s.noop_baseline = opts.noop_baseline;
+        }
         state
             .health
             .cache_synced
