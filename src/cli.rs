@@ -118,6 +118,9 @@ pub struct ServeArgs {
     pub idle_timeout: Duration,
     #[arg(long, env = "ZONEWISE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub tls_handshake_timeout: Duration,
+    /// A client that stops reading its responses is cut off after this.
+    #[arg(long, env = "ZONEWISE_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
     /// Open TLS connections at most; further ones are closed on accept.
     #[arg(long, env = "ZONEWISE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
@@ -251,6 +254,7 @@ pub fn serve_options(args: &ServeArgs) -> ServeOptions {
             tls_handshake_timeout: args.tls_handshake_timeout,
             header_read_timeout: args.header_read_timeout,
             idle_timeout: args.idle_timeout,
+            write_timeout: args.write_timeout,
             max_connections: args.max_connections,
             ..ConnLimits::default()
         },

@@ -221,7 +221,9 @@ impl Connection {
             // shortens it to header_read_timeout once a request starts.
             .header_read_timeout(self.limits.idle_timeout)
             .keep_alive(true)
-            .max_buf_size(self.limits.max_header_bytes.max(8192));
+            // Request line plus headers beyond the limit: 431, then close.
+            .max_header_size(self.limits.max_header_bytes)
+            .max_buf_size(self.limits.max_header_bytes.max(8192) + 16 * 1024);
             drive(b.serve_connection(io, svc), self.phase.clone(), false).await;
         }
     }

@@ -211,8 +211,31 @@ fn refuse(state: &AppState, e: HttpError) -> Response {
         .bad_requests
         .get_or_create(&ReasonLabels { reason: e.reason })
         .inc();
-    warn!(status = e.status.as_u16(), reason = e.reason, error = %e.message, "refused request");
+    warn!(status = e.status.as_u16(), reason = e.reason, error = %redact_quoted(&e.message), "refused request");
     e.into_response()
+}
+
+/// serde_json errors quote the offending input (`invalid type: string
+/// "…"`); the client gets the whole message, the log only its shape, so no
+/// request content reaches the logs.
+fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut in_quotes = false;
+    for c in msg.chars() {
+        match (c, in_quotes) {
+            ('"', false) => {
+                in_quotes = true;
+                out.push_str("\"…");
+            }
+            ('"', true) => {
+                in_quotes = false;
+                out.push('"');
+            }
+            (c, false) => out.push(c),
+            (_, true) => {}
+        }
+    }
+    out
 }
 
 fn record(
@@ -321,4 +344,18 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoted_input_is_redacted() {
+        assert_eq!(
+            super::redact_quoted(
+                r#"invalid type: string "s3cr3t", expected u64 at line 1 column 9"#
+            ),
+            r#"invalid type: string "…", expected u64 at line 1 column 9"#
+        );
+        assert_eq!(super::redact_quoted("no quotes"), "no quotes");
+    }
 }

@@ -571,6 +571,8 @@ pub struct ServerProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// Every log line the server has written so far.
+    pub logs: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -593,11 +595,13 @@ impl ServerProcess {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = std::io::BufReader::new(stderr).lines();
+        let logs: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let (addr, metrics_addr) = loop {
             let line = lines
                 .next()
                 .expect("server exited before listening")
                 .unwrap();
+            logs.lock().unwrap().push(line.clone());
             let v: Value = serde_json::from_str(&line).unwrap_or_default();
             if v["message"] == "listening" {
                 break (
@@ -607,12 +611,39 @@ impl ServerProcess {
             }
         };
         // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
         ServerProcess {
             child,
             addr,
             metrics_addr,
+            logs,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Open file descriptors of the server.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Resident memory of the server, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn signal(&self, sig: &str) {
