@@ -24,7 +24,7 @@ pub const KIND: &str = "AdmissionReview";
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("malformed JSON: {0}")]
-    Malformed(serde_json::Error),
+    Malformed(String),
     #[error("not an AdmissionReview: {0}")]
     NotAReview(String),
     #[error("AdmissionReview has no request")]
@@ -60,7 +60,12 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest, DecodeError> {
 }
 
 pub fn decode_with(body: &[u8], objects: Objects) -> Result<AdmissionRequest, DecodeError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
+    // JSON is UTF-8 (RFC 8259). Checked over the whole body first, because
+    // the parts the sparse parse skips are not decoded and so would not be
+    // checked otherwise (found by fuzzing).
+    let text = std::str::from_utf8(body)
+        .map_err(|e| DecodeError::Malformed(format!("body is not UTF-8: {e}")))?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let review = ReviewSeed(objects)
         .deserialize(&mut de)
         .and_then(|r| de.end().map(|()| r))
@@ -69,7 +74,7 @@ pub fn decode_with(body: &[u8], objects: Objects) -> Result<AdmissionRequest, De
             // into a syntax error here, before it can exhaust the stack.
             match e.classify() {
                 serde_json::error::Category::Data => DecodeError::NotAReview(e.to_string()),
-                _ => DecodeError::Malformed(e),
+                _ => DecodeError::Malformed(e.to_string()),
             }
         })?;
     match (review.api_version.as_deref(), review.kind.as_deref()) {
@@ -387,6 +392,22 @@ mod tests {
             )),
             Err(DecodeError::NotAReview(_))
         ));
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_is_malformed() {
+        // Found by fuzzing: a broken byte inside a field the sparse parse
+        // skips (a container's probe) was accepted.
+        let mut body = serde_json::to_vec(&json!({"apiVersion": API_VERSION, "kind": KIND, "request": {
+            "uid": "u", "kind": {"group": "apps", "version": "v1", "kind": "Deployment"}, "operation": "CREATE",
+            "object": {"spec": {"template": {"spec": {"containers": [{"failureThreshold": 3}]}}}}}}))
+        .unwrap();
+        let at = body.windows(7).position(|w| w == b"failure").unwrap();
+        body[at + 4] = 0xe3;
+        for objects in [Objects::Sparse, Objects::Full] {
+            let e = decode_with(&body, objects).unwrap_err();
+            assert!(matches!(e, DecodeError::Malformed(_)), "{e}");
+        }
     }
 
     #[test]
