@@ -245,12 +245,40 @@ async fn send(sender: &mut Sender, body: &Bytes) -> bool {
     }
 }
 
+/// Counts shared by the workers of a closed-loop phase.
+#[derive(Default)]
 struct Totals {
     ok: AtomicU64,
     errors: AtomicU64,
 }
 
-/// Closed loop: every connection sends as fast as answers come back.
+/// Runs `workers` copies of `work` for `dur` (each loops until `stop`), and
+/// returns completions per second and errors.
+async fn closed_loop<F, Fut>(workers: usize, dur: Duration, work: F) -> (f64, u64)
+where
+    F: Fn(Arc<Totals>, Arc<AtomicBool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let totals = Arc::new(Totals::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| tokio::spawn(work(totals.clone(), stop.clone())))
+        .collect();
+    let start = Instant::now();
+    tokio::time::sleep(dur).await;
+    let done = totals.ok.load(Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    (
+        done as f64 / elapsed.as_secs_f64(),
+        totals.errors.load(Ordering::Relaxed),
+    )
+}
+
+/// Saturation: every connection sends as fast as answers come back.
 async fn saturate(
     addr: SocketAddr,
     connector: &TlsConnector,
@@ -258,20 +286,9 @@ async fn saturate(
     dur: Duration,
     body: &Bytes,
 ) -> (f64, u64) {
-    let totals = Arc::new(Totals {
-        ok: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-    });
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (totals, stop, body, connector) = (
-            totals.clone(),
-            stop.clone(),
-            body.clone(),
-            connector.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
+    closed_loop(conns, dur, |totals, stop| {
+        let (body, connector) = (body.clone(), connector.clone());
+        async move {
             let Ok(mut s) = connect(addr, &connector).await else {
                 totals.errors.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -284,21 +301,9 @@ async fn saturate(
                     return;
                 }
             }
-        }));
-    }
-    let start = Instant::now();
-    let base = totals.ok.load(Ordering::Relaxed);
-    tokio::time::sleep(dur).await;
-    let done = totals.ok.load(Ordering::Relaxed) - base;
-    let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    (
-        done as f64 / elapsed.as_secs_f64(),
-        totals.errors.load(Ordering::Relaxed),
-    )
+        }
+    })
+    .await
 }
 
 /// Open loop at `rate` over `conns` connections, for `dur`. Returns the
@@ -369,43 +374,23 @@ async fn handshakes(
     conns: usize,
     dur: Duration,
 ) -> (f64, u64) {
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (done, errors, stop, connector) = (
-            done.clone(),
-            errors.clone(),
-            stop.clone(),
-            connector.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
+    closed_loop(conns, dur, |totals, stop| {
+        let connector = connector.clone();
+        async move {
             while !stop.load(Ordering::Relaxed) {
                 let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
-                    errors.fetch_add(1, Ordering::Relaxed);
+                    totals.errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
                 let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
                 match connector.connect(name, tcp).await {
-                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    Ok(_) => totals.ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => totals.errors.fetch_add(1, Ordering::Relaxed),
                 };
             }
-        }));
-    }
-    let start = Instant::now();
-    tokio::time::sleep(dur).await;
-    let n = done.load(Ordering::Relaxed);
-    let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    (
-        n as f64 / elapsed.as_secs_f64(),
-        errors.load(Ordering::Relaxed),
-    )
+        }
+    })
+    .await
 }
 
 struct Report {

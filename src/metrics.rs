@@ -5,7 +5,6 @@
 //! many objects pass through.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -124,15 +123,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Default for Metrics {
+    /// Registers every metric.
     fn default() -> Self {
-        Metrics::new(Vec::new())
-    }
-}
-
-impl Metrics {
-    /// Registers every metric; `collectors` add values computed at scrape
-    /// time (such as the age of the cluster cache's last event).
-    pub fn new(collectors: Vec<Box<dyn Collector>>) -> Metrics {
         let mut registry = Registry::with_prefix("zonewise");
         let m = Metrics {
             requests: Family::default(),
@@ -224,13 +216,13 @@ impl Metrics {
             "Cluster watches restarted after an error, by kind",
             m.cache_watch_restarts.clone(),
         );
+        // Computed at scrape time: the age of the cache's last sync.
         registry.register_collector(Box::new(m.cache_last_sync.clone()));
-        for c in collectors {
-            registry.register_collector(c);
-        }
         Metrics { registry, ..m }
     }
+}
 
+impl Metrics {
     /// OpenMetrics text.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
@@ -239,11 +231,6 @@ impl Metrics {
         out
     }
 }
-
-/// A gauge that can hold an `f64` (seconds).
-pub type SecondsGauge = Gauge<f64, AtomicU64>;
-
-pub type SharedMetrics = Arc<Metrics>;
 
 #[cfg(test)]
 mod tests {

@@ -46,10 +46,6 @@ impl<'a> PatchBuilder<'a> {
         }
     }
 
-    pub fn base(&self) -> &'a Value {
-        self.base
-    }
-
     pub fn len(&self) -> usize {
         self.ops.len()
     }

@@ -135,14 +135,15 @@ impl Outcome {
     }
 }
 
+/// The kinds the rules handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
+pub enum Target {
     Service,
     Deployment,
 }
 
 impl Target {
-    fn of(gvk: &GroupVersionKind) -> Option<Target> {
+    pub fn of(gvk: &GroupVersionKind) -> Option<Target> {
         match (gvk.group.as_str(), gvk.version.as_str(), gvk.kind.as_str()) {
             ("", "v1", "Service") => Some(Target::Service),
             ("apps", "v1", "Deployment") => Some(Target::Deployment),

@@ -76,11 +76,11 @@ pub const DEPLOYMENT: Interest = Fields(&[
 
 /// What to keep of an object of kind `gvk`; `None` for kinds no rule reads.
 pub fn interest(gvk: &crate::review::GroupVersionKind) -> Option<&'static Interest> {
-    match (gvk.group.as_str(), gvk.version.as_str(), gvk.kind.as_str()) {
-        ("", "v1", "Service") => Some(&SERVICE),
-        ("apps", "v1", "Deployment") => Some(&DEPLOYMENT),
-        _ => None,
-    }
+    use crate::review::Target;
+    Target::of(gvk).map(|t| match t {
+        Target::Service => &SERVICE,
+        Target::Deployment => &DEPLOYMENT,
+    })
 }
 
 /// Deserializes a `Value` keeping only what `Interest` names.

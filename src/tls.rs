@@ -125,10 +125,6 @@ impl CertStore {
     pub fn store(&self, key: Arc<CertifiedKey>) {
         self.current.store(key);
     }
-
-    pub fn current(&self) -> Arc<CertifiedKey> {
-        self.current.load_full()
-    }
 }
 
 impl ResolvesServerCert for CertStore {

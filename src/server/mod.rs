@@ -169,6 +169,7 @@ impl AppState {
         lookups: Arc<dyn Lookups>,
         limits: RequestLimits,
         metrics: Arc<Metrics>,
+        noop_baseline: bool,
     ) -> Arc<AppState> {
         Arc::new(AppState {
             policy: ArcSwap::from_pointee(policy),
@@ -176,7 +177,7 @@ impl AppState {
             metrics,
             health: Arc::new(Health::default()),
             limits,
-            noop_baseline: false,
+            noop_baseline,
         })
     }
 
@@ -341,10 +342,13 @@ impl Server {
                 (lookups, None)
             }
         };
-        let mut state = AppState::new(policy, lookups, opts.limits.clone(), metrics);
-        if let Some(s) = Arc::get_mut(&mut state) {
-            s.noop_baseline = opts.noop_baseline;
-        }
+        let state = AppState::new(
+            policy,
+            lookups,
+            opts.limits.clone(),
+            metrics,
+            opts.noop_baseline,
+        );
         state
             .health
             .cache_synced
