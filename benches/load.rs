@@ -100,30 +100,8 @@ impl Server {
         std::fs::write(dir.path().join("ca.crt"), &g.ca_cert_pem).unwrap();
         std::fs::write(dir.path().join("ca.key"), &g.ca_key_pem).unwrap();
         write_pair(dir.path(), &g);
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_zonewise"));
-        cmd.args([
-            "serve",
-            "--listen=127.0.0.1:0",
-            "--metrics-listen=127.0.0.1:0",
-            "--log-format=json",
-        ])
-        .args(["--cluster-cache=off", "--drain-delay=0s"])
-        .arg(format!(
-            "--tls-cert={}",
-            dir.path().join("tls.crt").display()
-        ))
-        .arg(format!(
-            "--tls-key={}",
-            dir.path().join("tls.key").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(log);
-        if noop {
-            cmd.arg("--noop-baseline");
-        }
-        let child = cmd.spawn().expect("start zonewise (cargo bench builds it)");
-        let addr = wait_listening(&dir.path().join("server.log"));
+        let extra: &[&str] = if noop { &["--noop-baseline"] } else { &[] };
+        let (child, addr) = spawn_zonewise(dir.path(), extra);
         Server {
             child,
             addr,
@@ -143,6 +121,28 @@ impl Server {
             .status();
         let _ = self.child.wait();
     }
+}
+
+/// Starts the release `zonewise serve` on loopback with `dir`'s `tls.crt`
+/// and `tls.key`, its log in `dir/server.log`; returns it and its address.
+fn spawn_zonewise(dir: &Path, extra: &[&str]) -> (Child, SocketAddr) {
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_zonewise"))
+        .args([
+            "serve",
+            "--listen=127.0.0.1:0",
+            "--metrics-listen=127.0.0.1:0",
+            "--log-format=json",
+        ])
+        .args(["--cluster-cache=off", "--drain-delay=0s"])
+        .arg(format!("--tls-cert={}", dir.join("tls.crt").display()))
+        .arg(format!("--tls-key={}", dir.join("tls.key").display()))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start zonewise (cargo bench builds it)");
+    (child, wait_listening(&dir.join("server.log")))
 }
 
 fn wait_listening(log: &Path) -> SocketAddr {
@@ -526,36 +526,11 @@ async fn soak(o: &Opts, s: &Soak, body: &Bytes) {
             std::os::unix::fs::symlink(format!("..data/{f}"), dir.path().join(d).join(f)).unwrap();
         }
     }
-    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zonewise"))
-        .args([
-            "serve",
-            "--listen=127.0.0.1:0",
-            "--metrics-listen=127.0.0.1:0",
-            "--log-format=json",
-        ])
-        .args([
-            "--cluster-cache=off",
-            "--drain-delay=0s",
-            "--reload-interval=1s",
-        ])
-        .arg(format!(
-            "--tls-cert={}",
-            dir.path().join("tls.crt").display()
-        ))
-        .arg(format!(
-            "--tls-key={}",
-            dir.path().join("tls.key").display()
-        ))
-        .arg(format!(
-            "--config={}",
-            dir.path().join("config/config.yaml").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let addr = wait_listening(&dir.path().join("server.log"));
+    let config = format!(
+        "--config={}",
+        dir.path().join("config/config.yaml").display()
+    );
+    let (mut child, addr) = spawn_zonewise(dir.path(), &["--reload-interval=1s", &config]);
     let pid = child.id();
     let connector = connector(&ca_pem, true);
     println!(
@@ -627,6 +602,8 @@ async fn soak(o: &Opts, s: &Soak, body: &Bytes) {
             reloads
         );
     }
+    // Let the server poll the files once more, so the last swap is counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let (hwm, _) = rss_kib(pid);
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
