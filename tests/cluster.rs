@@ -780,3 +780,29 @@ async fn labelled_scope_watches_only_opted_in_namespaces() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_version_is_read_again_when_a_watch_reconnects() {
+    let fake = FakeApi::start("1", "33").await;
+    let (server, _dir) = zonewise_with(&fake, Scope::All, "service: {routing: auto}\n").await;
+    let mut c = server.h1().await;
+    let routing = async |c: &mut Client| {
+        let req = fixture("svc-clusterip");
+        patched(&req, &c.review(&req).await)["spec"]["trafficDistribution"].clone()
+    };
+    assert_eq!(routing(&mut c).await, "PreferClose");
+    eventually("both watches open", Duration::from_secs(5), async || {
+        fake.open_watches() == 2
+    })
+    .await;
+
+    // The control plane is upgraded; the watches break and reconnect.
+    fake.state.lock().unwrap().minor = "34".into();
+    fake.expire_watches();
+    eventually(
+        "routing: auto to follow the new version",
+        Duration::from_secs(10),
+        async || routing(&mut c).await == "PreferSameZone",
+    )
+    .await;
+}
