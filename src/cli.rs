@@ -333,18 +333,16 @@ fn mutate_cmd(args: MutateArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    let mut input = String::new();
     let read = if args.file == "-" {
-        std::io::stdin().read_to_string(&mut input)
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map(|_| text)
     } else {
-        std::fs::read_to_string(&args.file).map(|s| {
-            input = s;
-            input.len()
-        })
+        std::fs::read_to_string(&args.file)
     };
-    if let Err(e) = read {
-        return fail(format!("cannot read {}: {e}", args.file));
-    }
+    let input = match read {
+        Ok(text) => text,
+        Err(e) => return fail(format!("cannot read {}: {e}", args.file)),
+    };
     let format = match args.output {
         OutputArg::Yaml => Output::Yaml,
         OutputArg::Json => Output::Json,

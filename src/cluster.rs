@@ -23,7 +23,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::ObjectRef;
@@ -446,13 +446,14 @@ async fn watch<K: Watched>(
     }
 }
 
-/// Starts the watches; the returned handles run until aborted.
+/// Starts the watches. They run until the returned handles are dropped,
+/// which stops every watch, the per-namespace ones included.
 pub fn start(
     client: Client,
     cache: Arc<ClusterCache>,
     reconnected: Arc<Notify>,
-) -> Vec<JoinHandle<()>> {
-    match cache.scope {
+) -> Vec<AbortOnDropHandle<()>> {
+    let tasks = match cache.scope {
         Scope::All => vec![
             tokio::spawn(watch::<Service>(
                 Api::all(client.clone()),
@@ -468,7 +469,8 @@ pub fn start(
             )),
         ],
         Scope::Labelled => vec![tokio::spawn(watch_namespaces(client, cache, reconnected))],
-    }
+    };
+    tasks.into_iter().map(AbortOnDropHandle::new).collect()
 }
 
 /// Labelled mode: follows the set of opted-in namespaces and runs a Service
@@ -478,7 +480,9 @@ async fn watch_namespaces(client: Client, cache: Arc<ClusterCache>, reconnected:
     let config = watcher::Config::default().labels(&format!("{ENABLED_LABEL}=true"));
     let stream = watcher::watcher(api, config).default_backoff();
     futures_util::pin_mut!(stream);
-    let mut running: HashMap<String, [JoinHandle<()>; 2]> = HashMap::new();
+    // Dropping a handle stops its watch: when a namespace opts out, and when
+    // this task itself is stopped.
+    let mut running: HashMap<String, [AbortOnDropHandle<()>; 2]> = HashMap::new();
     let mut listing: HashSet<String> = HashSet::new();
     let mut current: HashSet<String> = HashSet::new();
     let mut listed = false;
@@ -518,18 +522,18 @@ async fn watch_namespaces(client: Client, cache: Arc<ClusterCache>, reconnected:
             running.entry(ns.clone()).or_insert_with(|| {
                 info!(namespace = %ns, "watching opted-in namespace");
                 [
-                    tokio::spawn(watch::<Service>(
+                    AbortOnDropHandle::new(tokio::spawn(watch::<Service>(
                         Api::namespaced(client.clone(), ns),
                         Some(ns.clone()),
                         cache.clone(),
                         reconnected.clone(),
-                    )),
-                    tokio::spawn(watch::<DaemonSet>(
+                    ))),
+                    AbortOnDropHandle::new(tokio::spawn(watch::<DaemonSet>(
                         Api::namespaced(client.clone(), ns),
                         Some(ns.clone()),
                         cache.clone(),
                         reconnected.clone(),
-                    )),
+                    ))),
                 ]
             });
         }
@@ -539,9 +543,7 @@ async fn watch_namespaces(client: Client, cache: Arc<ClusterCache>, reconnected:
             .cloned()
             .collect();
         for ns in gone {
-            if let Some(tasks) = running.remove(&ns) {
-                tasks.iter().for_each(JoinHandle::abort);
-            }
+            running.remove(&ns);
             info!(namespace = %ns, "namespace opted out; forgetting it");
             cache.edit(|s| s.forget_namespace(&ns));
             lock(&cache.synced).retain(|(_, scope)| scope.as_deref() != Some(ns.as_str()));

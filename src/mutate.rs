@@ -66,14 +66,16 @@ pub fn run(
     let mut summary = Summary::default();
     let mut results: Vec<Value> = Vec::new();
     let mut lines: Vec<String> = Vec::new();
-    let one = |req: AdmissionRequest,
+    let one = |mut req: AdmissionRequest,
                summary: &mut Summary,
                err: &mut dyn Write|
      -> Result<(Option<Value>, Patch, Vec<u8>), MutateError> {
-        let outcome = review::review(&req, policy, &NoCluster, Endpoint::Mutate);
+        let mut outcome = review::review(&req, policy, &NoCluster, Endpoint::Mutate);
         report(&req, &outcome, summary, err)?;
-        let patch = outcome.patch.clone().unwrap_or_default();
-        let mut object = req.object.clone();
+        let response = wire::encode(&req.uid, &outcome);
+        // Both are done with; take them rather than copy them.
+        let patch = outcome.patch.take().unwrap_or_default();
+        let mut object = req.object.take();
         if let Some(obj) = object.as_mut() {
             // The patch was computed on this very object; failing to apply
             // would be a bug, reported rather than hidden.
@@ -81,7 +83,7 @@ pub fn run(
                 writeln!(err, "Error: internal: patch does not apply: {e}")?;
             }
         }
-        Ok((object, patch, wire::encode(&req.uid, &outcome)))
+        Ok((object, patch, response))
     };
 
     let mut counter = 0usize;
@@ -172,7 +174,7 @@ fn report(
     for w in &outcome.warnings {
         writeln!(err, "Warning: {w}")?;
     }
-    match outcome.decision {
+    match outcome.decision() {
         Decision::Denied => {
             summary.denied += 1;
             writeln!(

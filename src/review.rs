@@ -111,9 +111,9 @@ impl Decision {
 
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub decision: Decision,
-    /// The denial message (HTTP-style status 403).
+    /// The denial message (HTTP-style status 403); `Some` means denied.
     pub message: Option<String>,
+    /// `Some` means patched (never together with a denial).
     pub patch: Option<Patch>,
     pub warnings: Vec<String>,
     /// Rules that changed the object, in order.
@@ -123,14 +123,37 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn allow(skipped: &'static str, warnings: Vec<String>) -> Outcome {
+    /// Allowed as it is.
+    fn allowed(warnings: Vec<String>) -> Outcome {
         Outcome {
-            decision: Decision::Allowed,
             message: None,
             patch: None,
             warnings,
             applied: Vec::new(),
-            skipped: Some(skipped),
+            skipped: None,
+        }
+    }
+
+    /// Allowed as it is, without any rule having run, because of `why`.
+    fn allow(why: &'static str, warnings: Vec<String>) -> Outcome {
+        Outcome {
+            skipped: Some(why),
+            ..Outcome::allowed(warnings)
+        }
+    }
+
+    fn denied(message: String, warnings: Vec<String>) -> Outcome {
+        Outcome {
+            message: Some(message),
+            ..Outcome::allowed(warnings)
+        }
+    }
+
+    pub fn decision(&self) -> Decision {
+        match (&self.message, &self.patch) {
+            (Some(_), _) => Decision::Denied,
+            (None, Some(_)) => Decision::Patched,
+            (None, None) => Decision::Allowed,
         }
     }
 }
@@ -168,7 +191,7 @@ impl Target {
         r.map_err(|e| e.to_string())
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Target::Service => "Service",
             Target::Deployment => "Deployment",
@@ -238,25 +261,11 @@ pub fn review(
             _ => None,
         };
         if let Verdict::Deny(message) = local_policy::check(obj, old, &ctx, &mut warnings) {
-            return Outcome {
-                decision: Decision::Denied,
-                message: Some(message),
-                patch: None,
-                warnings,
-                applied: Vec::new(),
-                skipped: None,
-            };
+            return Outcome::denied(message, warnings);
         }
     }
     if !run_mutations {
-        return Outcome {
-            decision: Decision::Allowed,
-            message: None,
-            patch: None,
-            warnings,
-            applied: Vec::new(),
-            skipped: None,
-        };
+        return Outcome::allowed(warnings);
     }
 
     let mut m = Mutation::new(obj);
@@ -292,14 +301,7 @@ pub fn review(
         }
     }
     if applied.is_empty() {
-        return Outcome {
-            decision: Decision::Allowed,
-            message: None,
-            patch: None,
-            warnings: m.warnings,
-            applied,
-            skipped: None,
-        };
+        return Outcome::allowed(m.warnings);
     }
     if let Err(e) = m.patch.set(
         &["metadata", "annotations", APPLIED],
@@ -310,12 +312,9 @@ pub fn review(
         return Outcome::allow("patch error", m.warnings);
     }
     Outcome {
-        decision: Decision::Patched,
-        message: None,
         patch: Some(m.patch.into_patch()),
-        warnings: m.warnings,
         applied,
-        skipped: None,
+        ..Outcome::allowed(m.warnings)
     }
 }
 
@@ -479,12 +478,12 @@ mod tests {
     fn service_gets_routing_and_applied_annotation_and_converges() {
         let req = svc_req(service());
         let out = run(&req);
-        assert_eq!(out.decision, Decision::Patched);
+        assert_eq!(out.decision(), Decision::Patched);
         assert_eq!(out.applied, vec![Rule::ZoneRouting]);
         let obj = patched(&req, &out);
         assert_eq!(obj["metadata"]["annotations"][APPLIED], "zone-routing");
         let again = run(&svc_req(obj));
-        assert_eq!(again.decision, Decision::Allowed);
+        assert_eq!(again.decision(), Decision::Allowed);
         assert!(again.patch.is_none());
     }
 
@@ -519,7 +518,7 @@ mod tests {
     fn skip_annotation() {
         let out = run(&dep_req(annotated(deployment(), SKIP, "true")));
         assert_eq!(
-            (out.decision, out.skipped),
+            (out.decision(), out.skipped),
             (Decision::Allowed, Some("skip annotation"))
         );
 
@@ -545,7 +544,7 @@ mod tests {
             SKIP,
             "local-policy",
         );
-        assert_eq!(run(&svc_req(local)).decision, Decision::Allowed);
+        assert_eq!(run(&svc_req(local)).decision(), Decision::Allowed);
     }
 
     #[test]
@@ -555,7 +554,7 @@ mod tests {
             &["spec", "internalTrafficPolicy"],
             json!("Local"),
         )));
-        assert_eq!(out.decision, Decision::Denied);
+        assert_eq!(out.decision(), Decision::Denied);
         assert!(out.patch.is_none());
         assert!(
             out.message
@@ -575,9 +574,9 @@ mod tests {
         let mut upd = svc_req(local.clone());
         upd.operation = Operation::Update;
         upd.old_object = Some(service());
-        assert_eq!(run(&upd).decision, Decision::Denied);
+        assert_eq!(run(&upd).decision(), Decision::Denied);
         upd.old_object = Some(local.clone());
-        assert_eq!(run(&upd).decision, Decision::Allowed);
+        assert_eq!(run(&upd).decision(), Decision::Allowed);
         let mut upd_plain = svc_req(service());
         upd_plain.operation = Operation::Update;
         upd_plain.old_object = Some(service());
@@ -586,7 +585,7 @@ mod tests {
         for op in [Operation::Delete, Operation::Connect] {
             let mut r = svc_req(local.clone());
             r.operation = op;
-            assert_eq!(run(&r).decision, Decision::Allowed);
+            assert_eq!(run(&r).decision(), Decision::Allowed);
         }
         // /validate: local-policy only, never a patch.
         let out = review(
@@ -602,7 +601,7 @@ mod tests {
             &NoCluster,
             Endpoint::Validate,
         );
-        assert_eq!(out.decision, Decision::Denied);
+        assert_eq!(out.decision(), Decision::Denied);
         let out = review(
             &dep_req(deployment()),
             &Policy::default(),
@@ -632,7 +631,7 @@ mod tests {
     fn unparsable_object_is_allowed_with_a_warning() {
         let bad = with(deployment(), &["spec", "replicas"], json!("three"));
         let out = run(&dep_req(bad));
-        assert_eq!(out.decision, Decision::Allowed);
+        assert_eq!(out.decision(), Decision::Allowed);
         assert!(out.patch.is_none());
         assert!(
             out.warnings[0].contains("does not parse"),

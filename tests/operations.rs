@@ -217,17 +217,9 @@ async fn certificate_rotation_under_load_by_symlink_swap() {
         ("tls.crt", &first.serving_cert_pem),
         ("tls.key", &second.serving_key_pem),
     ]);
-    eventually(
-        "the bad pair to be rejected",
-        Duration::from_secs(5),
-        async || {
-            metric(
-                &server.metrics().await,
-                r#"zonewise_tls_reloads_total{result="error"}"#,
-            ) >= 1.0
-        },
-    )
-    .await;
+    server
+        .wait_for_metric(r#"zonewise_tls_reloads_total{result="error"}"#, 1.0)
+        .await;
     assert_eq!(peer_leaf(server.addr, connector.clone()).await, want);
     let before = load.ok.load(Ordering::Relaxed);
     load.until_ok(before + 100).await;
@@ -359,17 +351,9 @@ async fn config_reload_by_configmap_swap() {
     .await;
 
     vol.swap(&[("config.yaml", "service: {routing: sideways}\n")]);
-    eventually(
-        "the bad config to be counted",
-        Duration::from_secs(5),
-        async || {
-            metric(
-                &server.metrics().await,
-                r#"zonewise_config_reloads_total{result="error"}"#,
-            ) >= 1.0
-        },
-    )
-    .await;
+    server
+        .wait_for_metric(r#"zonewise_config_reloads_total{result="error"}"#, 1.0)
+        .await;
     let obj = routing(&mut c).await;
     assert_eq!(
         obj["metadata"]["annotations"]["service.kubernetes.io/topology-mode"], "Auto",

@@ -364,3 +364,77 @@ fn embedded_default_start_in_a_fresh_directory() {
     );
     assert_eq!(second.stop(), Some(0));
 }
+
+/// The `ZONEWISE_*` environment twins of the `serve` flags, as a Deployment
+/// sets them, and `POD_NAMESPACE` (downward API): the server's own
+/// namespace is never mutated.
+#[test]
+fn serve_flags_from_the_environment_and_own_namespace_excluded() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = zonewise::certs::generate(&["localhost".into()]).unwrap();
+    let w = zonewise::certs::write(dir.path(), &g).unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "service: {routing: annotation}\n").unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zonewise"));
+    cmd.arg("serve")
+        .current_dir(dir.path())
+        .env("ZONEWISE_LISTEN", "127.0.0.1:0")
+        .env("ZONEWISE_METRICS_LISTEN", "127.0.0.1:0")
+        .env("ZONEWISE_LOG_FORMAT", "json")
+        .env("ZONEWISE_TLS_CERT", &w.cert)
+        .env("ZONEWISE_TLS_KEY", &w.key)
+        .env("ZONEWISE_CONFIG", &config)
+        .env("ZONEWISE_CLUSTER_CACHE", "off")
+        .env("ZONEWISE_DRAIN_DELAY", "0s")
+        .env("POD_NAMESPACE", "shop");
+    let server = ServerProcess::spawn(cmd);
+    assert!(
+        !dir.path().join("certs/dev").exists(),
+        "the env certificate is used"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = tls_connect(
+            server.addr,
+            client_connector(&g.ca_cert_pem, &[b"http/1.1"], None),
+        )
+        .await;
+        let mut c = Client::h1(tls).await;
+        // The fixture lives in `shop`, the server's own namespace: untouched.
+        assert!(c.review(&fixture("svc-clusterip")).await.patch.is_none());
+        // Elsewhere, the config from ZONEWISE_CONFIG applies.
+        let mut review: serde_json::Value =
+            serde_json::from_slice(&fixture("svc-clusterip")).unwrap();
+        review["request"]["namespace"] = "billing".into();
+        review["request"]["object"]["metadata"]["namespace"] = "billing".into();
+        let body = serde_json::to_vec(&review).unwrap();
+        let a = c.review(&body).await;
+        let mut obj = review["request"]["object"].clone();
+        json_patch::patch(&mut obj, &a.patch.unwrap()).unwrap();
+        assert_eq!(
+            obj["metadata"]["annotations"]["service.kubernetes.io/topology-mode"],
+            "Auto"
+        );
+    });
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// While draining, h2 connections get GOAWAY (the h2 twin of `Connection:
+/// close`), and new connections are still served until the delay ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_sends_goaway_on_h2() {
+    let server = TestServer::start_with(|o| o.drain_delay = Duration::from_secs(3)).await;
+    let mut h2 = server.h2().await;
+    assert!(h2.review(&fixture("svc-clusterip")).await.patch.is_some());
+    server.signal();
+    eventually(
+        "the h2 connection to be told to go away",
+        Duration::from_secs(2),
+        async || matches!(&h2, Client::H2(s) if s.is_closed()),
+    )
+    .await;
+    let mut fresh = server.h1().await;
+    let r = fresh.post("/mutate", fixture("svc-clusterip")).await;
+    assert_eq!(r.status, StatusCode::OK, "still served during the drain");
+    assert_eq!(r.headers["connection"], "close");
+}

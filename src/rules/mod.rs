@@ -111,6 +111,13 @@ pub fn is_local(svc: &Value) -> bool {
     object::str_at(svc, &["spec", "internalTrafficPolicy"]) == Some("Local")
 }
 
+/// The Service has a selector (an empty one means "no selector").
+pub fn has_selector(svc: &Value) -> bool {
+    object::string_map(svc, &["spec", "selector"])
+        .next()
+        .is_some()
+}
+
 /// The Service's selector pairs; empty means "no selector".
 pub fn service_selector(svc: &Value) -> Vec<(&str, &str)> {
     object::string_map(svc, &["spec", "selector"]).collect()

@@ -7,9 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::{
-    Mutation, TOPOLOGY_MODE, has_topology_setting, is_local, service_selector, service_type,
-};
+use super::{Mutation, TOPOLOGY_MODE, has_selector, has_topology_setting, is_local, service_type};
 use crate::config::RoutingMode;
 use crate::object;
 use crate::patch::PatchError;
@@ -33,7 +31,7 @@ pub fn apply(svc: &Value, mode: RoutingMode, out: &mut Mutation<'_>) -> Result<(
 /// selected pods; the owner's own topology choice always wins.
 fn eligible(svc: &Value) -> bool {
     matches!(service_type(svc), "ClusterIP" | "NodePort" | "LoadBalancer")
-        && !service_selector(svc).is_empty()
+        && has_selector(svc)
         && !is_headless(svc)
         && !is_local(svc)
         && !has_topology_setting(svc)

@@ -193,12 +193,19 @@ impl Connection {
             async move {
                 let version = req.version();
                 let Ok(mut resp) = app.oneshot(req.map(Body::new)).await;
-                // While draining, tell HTTP/1.1 clients not to reuse this
-                // connection, so the API server's next request goes to a
-                // replica that is staying. (h2 gets GOAWAY instead.)
-                if version <= Version::HTTP_11 && health.draining.load(Ordering::Relaxed) {
-                    resp.headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                if version <= Version::HTTP_11 {
+                    // While draining, tell HTTP/1.1 clients not to reuse
+                    // this connection, so the API server's next request goes
+                    // to a replica that is staying.
+                    if health.draining.load(Ordering::Relaxed) {
+                        resp.headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                } else {
+                    // Connection-specific headers are illegal in h2 (RFC 9113
+                    // 8.2.2), and an unread body ends only its own stream, so
+                    // a handler's "close this connection" does not apply.
+                    resp.headers_mut().remove(CONNECTION);
                 }
                 Ok::<_, Infallible>(resp)
             }

@@ -11,7 +11,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::Version;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tracing::{info, warn};
 
@@ -50,6 +49,8 @@ pub struct HttpError {
     reason: &'static str,
     message: String,
     /// The request body may be left unread: the connection cannot be reused.
+    /// (The connection layer turns this into `Connection: close` on
+    /// HTTP/1.1; h2 has no such header.)
     close: bool,
 }
 
@@ -101,7 +102,7 @@ async fn admit(state: &AppState, req: Request, endpoint: Endpoint) -> Response {
         Endpoint::Validate => "validate",
     };
     let (parts, body) = req.into_parts();
-    let body = match read_body(state, &parts.headers, parts.version, body).await {
+    let body = match read_body(state, &parts.headers, body).await {
         Ok(b) => b,
         Err(e) => return refuse(state, e),
     };
@@ -139,7 +140,6 @@ const NOOP_ANSWER: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"Admissi
 async fn read_body(
     state: &AppState,
     headers: &HeaderMap,
-    version: Version,
     body: Body,
 ) -> Result<bytes::Bytes, HttpError> {
     if !is_json(headers) {
@@ -172,19 +172,13 @@ async fn read_body(
     match read.await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(e)) => {
-            let err = HttpError::new(
-                StatusCode::BAD_REQUEST,
-                "body_unreadable",
-                format!("cannot read body: {e}"),
-            );
-            // An HTTP/1.1 body that failed mid-way leaves the stream unusable.
-            Err(if version <= Version::HTTP_11 {
-                err.closing()
-            } else {
-                err
-            })
-        }
+        // A body that failed mid-way leaves the stream unusable.
+        Ok(Err(e)) => Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "body_unreadable",
+            format!("cannot read body: {e}"),
+        )
+        .closing()),
         Err(_) => Err(HttpError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
@@ -246,17 +240,13 @@ fn record(
     seconds: f64,
 ) {
     let m = &state.metrics;
-    let kind = match req.kind.kind.as_str() {
-        "Service" => "Service",
-        "Deployment" => "Deployment",
-        _ => "other",
-    };
+    let kind = review::Target::of(&req.kind).map_or("other", review::Target::name);
     m.requests
         .get_or_create(&RequestLabels {
             endpoint,
             kind,
             operation: req.operation.as_str(),
-            decision: out.decision.as_str(),
+            decision: out.decision().as_str(),
         })
         .inc();
     m.duration
@@ -267,7 +257,7 @@ fn record(
             .get_or_create(&RuleLabels { rule: rule.name() })
             .inc();
     }
-    if out.decision == Decision::Denied {
+    if out.decision() == Decision::Denied {
         m.denials
             .get_or_create(&RuleLabels {
                 rule: Rule::LocalPolicy.name(),
@@ -296,7 +286,7 @@ fn log_review(endpoint: &'static str, req: &review::AdmissionRequest, out: &Outc
         operation = req.operation.as_str(),
         dry_run = req.dry_run,
         rules = %rules,
-        decision = out.decision.as_str(),
+        decision = out.decision().as_str(),
         skipped = out.skipped.unwrap_or(""),
         warnings = out.warnings.len(),
         micros = micros as u64,

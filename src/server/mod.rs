@@ -394,10 +394,11 @@ impl Server {
         if let Some(fut) = self.watch_config() {
             background.spawn(fut);
         }
-        let mut cluster_tasks = Vec::new();
+        // The cache's watches stop when these handles drop, on every return.
+        let mut _cluster_tasks = Vec::new();
         if let Some((client, cache)) = self.cluster.clone() {
             let reconnected = Arc::new(Notify::new());
-            cluster_tasks = cluster::start(client.clone(), cache.clone(), reconnected.clone());
+            _cluster_tasks = cluster::start(client.clone(), cache.clone(), reconnected.clone());
             background.spawn(wait_for_cache(
                 cache,
                 health.clone(),
@@ -451,9 +452,6 @@ impl Server {
             _ = shutdown.nth(2) => return Ok(Exit::Aborted),
         }
         background.abort_all();
-        cluster_tasks
-            .iter()
-            .for_each(tokio::task::JoinHandle::abort);
         Ok(Exit::Clean)
     }
 

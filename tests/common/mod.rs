@@ -380,6 +380,14 @@ impl TestServer {
     pub async fn metrics(&self) -> String {
         plain_get(self.metrics_addr, "/metrics").await.1
     }
+
+    /// Waits until the counter or gauge `series` is at least `at_least`.
+    pub async fn wait_for_metric(&self, series: &str, at_least: f64) {
+        eventually(series, Duration::from_secs(5), async || {
+            metric(&self.metrics().await, series) >= at_least
+        })
+        .await;
+    }
 }
 
 pub fn client_connector(
@@ -577,22 +585,28 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(dir: &Path, extra: &[&str]) -> ServerProcess {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zonewise"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        // Never pick up a cluster from the environment the tests run in.
+        .args(["--cluster-cache", "off"])
+        .args(extra)
+        .current_dir(dir);
+        ServerProcess::spawn(cmd)
+    }
+
+    /// Runs `cmd` (a `zonewise serve` that logs JSON to stderr) and waits
+    /// for its "listening" line.
+    pub fn spawn(mut cmd: std::process::Command) -> ServerProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zonewise"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .args(extra)
-            .current_dir(dir)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = std::io::BufReader::new(stderr).lines();
         let logs: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
