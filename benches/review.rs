@@ -16,10 +16,12 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use serde_json::Value;
+use zonewise::admission::{Kind, Operation};
 use zonewise::cluster::{ClusterCache, Metered, Scope};
-use zonewise::config::{ObjectRef, Policy};
+use zonewise::config::ObjectRef;
 use zonewise::lookups::{InMemory, Lookups, NoCluster, ServiceFacts};
 use zonewise::metrics::Metrics;
+use zonewise::policy::Policy;
 use zonewise::review::{Endpoint, review};
 use zonewise::rules::{Context, Mutation, call_affinity, lb_ip_target, zone_routing, zone_spread};
 use zonewise::wire;
@@ -72,36 +74,40 @@ fn rules(c: &mut Criterion) {
     let mut g = c.benchmark_group("rules");
     let svc = object(BODIES[0].1);
     let dep = object(BODIES[1].1);
+    let ctx = |kind| Context {
+        kind,
+        namespace: "shop",
+        operation: Operation::Create,
+        can_patch: true,
+        policy: &policy,
+        lookups: &NoCluster,
+    };
+    let (svc_ctx, dep_ctx) = (ctx(Kind::Service), ctx(Kind::Deployment));
     g.bench_function("zone-routing", |b| {
         b.iter(|| {
             let mut m = Mutation::new(black_box(&svc));
-            zone_routing::apply(&svc, policy.routing, &mut m).unwrap();
+            zone_routing::apply(&svc, &svc_ctx, &mut m).unwrap();
             m.patch.len()
         })
     });
     g.bench_function("lb-ip-target", |b| {
         b.iter(|| {
             let mut m = Mutation::new(black_box(&svc));
-            lb_ip_target::apply(&svc, &policy.config.service.load_balancer, &mut m).unwrap();
+            lb_ip_target::apply(&svc, &svc_ctx, &mut m).unwrap();
             m.patch.len()
         })
     });
     g.bench_function("zone-spread", |b| {
         b.iter(|| {
             let mut m = Mutation::new(black_box(&dep));
-            zone_spread::apply(&dep, &policy.config.deployment.zone_spread, &mut m).unwrap();
+            zone_spread::apply(&dep, &dep_ctx, &mut m).unwrap();
             m.patch.len()
         })
     });
     g.bench_function("call-affinity", |b| {
-        let ctx = Context {
-            namespace: "shop",
-            policy: &policy,
-            lookups: &NoCluster,
-        };
         b.iter(|| {
             let mut m = Mutation::new(black_box(&dep));
-            call_affinity::apply(&dep, &ctx, &mut m).unwrap();
+            call_affinity::apply(&dep, &dep_ctx, &mut m).unwrap();
             m.patch.len()
         })
     });

@@ -13,12 +13,14 @@ use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::certs;
-use crate::config::{Config, Environment, Policy};
+use crate::config::Config;
 use crate::mutate::{self, Output};
+use crate::policy::{Environment, Policy};
 use crate::server::{
     self, ConnLimits, Exit, Listeners, RequestLimits, ServeOptions, Server, TlsSource,
 };
 use crate::telemetry::{self, LogFormat};
+use crate::versions::KubeVersion;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,6 +79,10 @@ pub struct ServeArgs {
     /// Kubeconfig for the cluster cache (in-cluster config is detected).
     #[arg(long, env = "ZONEWISE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// The API server version (e.g. 1.33) when there is no cluster access;
+    /// the cluster's own version wins when there is.
+    #[arg(long, env = "ZONEWISE_KUBE_VERSION", value_parser = parse_kube_version)]
+    pub kube_version: Option<KubeVersion>,
     /// Use the cluster cache when there is cluster access (`auto`), or never.
     #[arg(
         long,
@@ -151,6 +157,10 @@ pub struct MutateArgs {
     /// Namespace for manifests that do not name one.
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
+    /// The API server version the output is for (e.g. 1.33); else the
+    /// config's kubernetesVersion, else PreferClose routing.
+    #[arg(long, value_parser = parse_kube_version)]
+    pub kube_version: Option<KubeVersion>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -189,6 +199,9 @@ pub struct CertsArgs {
 #[derive(Debug, Args)]
 pub struct CheckConfigArgs {
     pub file: PathBuf,
+    /// Show the effective policy for an API server of this version.
+    #[arg(long, value_parser = parse_kube_version)]
+    pub kube_version: Option<KubeVersion>,
 }
 
 /// Entry point: parse, dispatch, map errors to exit codes (1: an object
@@ -262,6 +275,7 @@ pub fn serve_options(args: &ServeArgs) -> ServeOptions {
         drain_delay: args.drain_delay,
         reload_interval: args.reload_interval,
         own_namespace: server::own_namespace(),
+        kube_version: args.kube_version,
         cluster: server::ClusterOptions {
             enabled: args.cluster_cache == CacheMode::Auto,
             kubeconfig: args.kubeconfig.clone(),
@@ -320,16 +334,22 @@ fn spawn_signal_handlers(
     Ok(())
 }
 
-fn load_policy(path: Option<&Path>) -> Result<Policy, String> {
+/// The policy for the offline commands: the file read exactly as `serve`
+/// reads it, for the given version.
+fn load_policy(path: Option<&Path>, version: Option<KubeVersion>) -> Result<Policy, String> {
     let config = match path {
         Some(p) => Config::load(p).map_err(|e| format!("invalid config {}:\n{e}", p.display()))?,
         None => Config::default(),
     };
-    Ok(Policy::new(config, &Environment::default()))
+    let env = Environment {
+        version_flag: version,
+        ..Environment::default()
+    };
+    Ok(Policy::new(config, &env))
 }
 
 fn mutate_cmd(args: MutateArgs) -> ExitCode {
-    let policy = match load_policy(args.config.as_deref()) {
+    let policy = match load_policy(args.config.as_deref(), args.kube_version) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -411,13 +431,18 @@ fn certs_cmd(args: CertsArgs) -> ExitCode {
 }
 
 fn check_config(args: CheckConfigArgs) -> ExitCode {
-    match load_policy(Some(&args.file)) {
+    match load_policy(Some(&args.file), args.kube_version) {
         Ok(policy) => {
             print!("{}", policy.describe());
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
     }
+}
+
+/// `1.33`, `v1.33.2`, `1.33+`.
+pub fn parse_kube_version(s: &str) -> Result<KubeVersion, String> {
+    KubeVersion::parse(s).ok_or_else(|| format!("{s:?} is not a Kubernetes version such as 1.33"))
 }
 
 /// `10s`, `500ms`, `2m`, `1h`, or plain seconds.

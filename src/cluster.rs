@@ -1,27 +1,32 @@
 //! The optional cluster cache: kube watchers keep an in-memory snapshot of
 //! Services and DaemonSets, so call-affinity and local-policy answer from
-//! memory, never with an API call on the admission path.
+//! memory, never with an API call on the admission path; and of the zones
+//! of the cluster's Nodes and the namespaces labelled for the AWS Load
+//! Balancer Controller's readiness gate.
 //!
 //! Each watcher (re)lists into a buffer and swaps it in whole on `InitDone`,
 //! so a relist (after a dropped watch or `410 Gone`) never exposes a
 //! half-filled cache: lookups keep seeing the last complete state. Errors
 //! restart the watch with kube's default backoff. Only the facts the rules
-//! need are stored (selectors, the Local flag, template labels), not whole
-//! objects, so memory stays small on large clusters.
+//! need are stored (selectors, the Local flag, template labels, a node's
+//! zone), not whole objects, so memory stays small on large clusters. Nodes
+//! and Namespaces are watched as metadata only (`PartialObjectMetadata`):
+//! a Node's status is most of its size and none of it is needed here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures_util::Stream;
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
@@ -29,6 +34,9 @@ use tracing::{debug, info, warn};
 use crate::config::ObjectRef;
 use crate::lookups::{DaemonSetEntry, DaemonSetFacts, InMemory, Lookup, Lookups, ServiceFacts};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
+use crate::policy::LivePolicy;
+use crate::rules::{LEGACY_ZONE_KEY, READINESS_GATE_LABEL, ZONE_KEY};
+use crate::versions::KubeVersion;
 
 pub const NOT_SYNCED: &str = "cluster cache not synced";
 pub const NOT_WATCHED: &str = "namespace not watched by the cluster cache";
@@ -77,24 +85,74 @@ pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Option<Client>
 
 /// The API server's `major.minor`. Managed offerings report minors such as
 /// `"34+"`, so only the leading digits count.
-pub async fn server_version(client: &Client) -> anyhow::Result<(u32, u32)> {
+pub async fn server_version(client: &Client) -> anyhow::Result<KubeVersion> {
     let info = client.apiserver_version().await?;
-    parse_version(&info.major, &info.minor)
+    KubeVersion::from_parts(&info.major, &info.minor)
         .ok_or_else(|| anyhow::anyhow!("unparsable version {}.{}", info.major, info.minor))
 }
 
-pub fn parse_version(major: &str, minor: &str) -> Option<(u32, u32)> {
-    let digits = |s: &str| -> Option<u32> {
-        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        s[..end].parse().ok()
-    };
-    Some((digits(major)?, digits(minor)?))
+/// Each Node's zone, and how many Nodes each zone has: enough to know the
+/// cluster's zones as Nodes come and go, at a few dozen bytes a Node.
+#[derive(Debug, Default)]
+pub struct NodeZones {
+    zone_of: HashMap<Box<str>, Box<str>>,
+    nodes_in: BTreeMap<Box<str>, usize>,
+}
+
+impl NodeZones {
+    fn replace(&mut self, entries: Vec<(Box<str>, Option<Box<str>>)>) {
+        *self = NodeZones::default();
+        for (node, zone) in entries {
+            self.upsert(node, zone);
+        }
+    }
+
+    fn upsert(&mut self, node: Box<str>, zone: Option<Box<str>>) {
+        self.remove(&node);
+        if let Some(zone) = zone {
+            *self.nodes_in.entry(zone.clone()).or_default() += 1;
+            self.zone_of.insert(node, zone);
+        }
+    }
+
+    fn remove(&mut self, node: &str) {
+        if let Some(zone) = self.zone_of.remove(node)
+            && let Some(n) = self.nodes_in.get_mut(&zone)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.nodes_in.remove(&zone);
+            }
+        }
+    }
+
+    /// The zones that have at least one Node.
+    pub fn zones(&self) -> BTreeSet<String> {
+        self.nodes_in.keys().map(|z| z.to_string()).collect()
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.zone_of.len()
+    }
+}
+
+/// A Node's zone label (the current one, else the deprecated one).
+fn node_zone(labels: Option<&BTreeMap<String, String>>) -> Option<Box<str>> {
+    let labels = labels?;
+    labels
+        .get(ZONE_KEY)
+        .or_else(|| labels.get(LEGACY_ZONE_KEY))
+        .filter(|z| !z.is_empty())
+        .map(|z| z.as_str().into())
 }
 
 /// The cache: a snapshot plus what is known about its freshness.
 pub struct ClusterCache {
     scope: Scope,
     state: RwLock<InMemory>,
+    nodes: RwLock<NodeZones>,
+    /// Told the cluster's zones whenever they change.
+    policy: Mutex<Option<Arc<LivePolicy>>>,
     /// `(kind, scope)` pairs whose initial list has completed.
     synced: Mutex<HashSet<(&'static str, Option<String>)>>,
     /// Labelled mode: the namespaces currently watched; `None` until the
@@ -130,6 +188,8 @@ impl ClusterCache {
         Arc::new(ClusterCache {
             scope,
             state: RwLock::new(InMemory::default()),
+            nodes: RwLock::new(NodeZones::default()),
+            policy: Mutex::new(None),
             synced: Mutex::new(HashSet::new()),
             watched: RwLock::new(None),
             sync_changed: Notify::new(),
@@ -141,23 +201,39 @@ impl ClusterCache {
     /// completed cluster-wide list does, for benchmarks and tests.
     pub fn load_snapshot(&self, snapshot: InMemory) {
         self.edit(|s| *s = snapshot);
-        self.mark_synced(SERVICE, None);
-        self.mark_synced(DAEMONSET, None);
+        for kind in [SERVICE, DAEMONSET, NODE, GATE] {
+            self.mark_synced(kind, None);
+        }
+    }
+
+    /// The cluster's zones go to `policy` from now on.
+    pub fn publish_zones_to(&self, policy: Arc<LivePolicy>) {
+        *lock(&self.policy) = Some(policy);
+    }
+
+    /// Nodes known, and their zones (for metrics, tests and benchmarks).
+    pub fn node_zones(&self) -> (usize, BTreeSet<String>) {
+        let n = read(&self.nodes);
+        (n.nodes(), n.zones())
     }
 
     /// Every watch has completed its initial list.
     pub fn all_synced(&self) -> bool {
         let synced = lock(&self.synced);
-        match self.scope {
-            Scope::All => synced.contains(&(SERVICE, None)) && synced.contains(&(DAEMONSET, None)),
-            Scope::Labelled => match &*read(&self.watched) {
-                None => false,
-                Some(nss) => nss.iter().all(|ns| {
-                    synced.contains(&(SERVICE, Some(ns.clone())))
-                        && synced.contains(&(DAEMONSET, Some(ns.clone())))
-                }),
-            },
-        }
+        let global = synced.contains(&(NODE, None)) && synced.contains(&(GATE, None));
+        global
+            && match self.scope {
+                Scope::All => {
+                    synced.contains(&(SERVICE, None)) && synced.contains(&(DAEMONSET, None))
+                }
+                Scope::Labelled => match &*read(&self.watched) {
+                    None => false,
+                    Some(nss) => nss.iter().all(|ns| {
+                        synced.contains(&(SERVICE, Some(ns.clone())))
+                            && synced.contains(&(DAEMONSET, Some(ns.clone())))
+                    }),
+                },
+            }
     }
 
     /// Resolves once every watch has listed.
@@ -174,6 +250,7 @@ impl ClusterCache {
     /// Can `kind` in `ns` be answered from the cache, and if not, why.
     fn usable(&self, kind: &'static str, ns: &str) -> Result<(), &'static str> {
         let scope = match self.scope {
+            _ if kind == GATE => None,
             Scope::All => None,
             Scope::Labelled => {
                 match &*read(&self.watched) {
@@ -206,12 +283,34 @@ impl ClusterCache {
         };
         set(SERVICE, state.services.len());
         set(DAEMONSET, state.daemonset_count());
+        set(GATE, state.readiness_gates.len());
     }
 
     fn edit(&self, f: impl FnOnce(&mut InMemory)) {
         let mut state = write(&self.state);
         f(&mut state);
         self.update_counts(&state);
+    }
+
+    /// Applies a change to the Nodes' zones, and tells the policy when the
+    /// set of zones changed.
+    fn edit_nodes(&self, f: impl FnOnce(&mut NodeZones)) {
+        let (before, after, count) = {
+            let mut nodes = write(&self.nodes);
+            let before = nodes.zones();
+            f(&mut nodes);
+            (before, nodes.zones(), nodes.nodes())
+        };
+        self.metrics
+            .cache_objects
+            .get_or_create(&KindLabels { kind: NODE })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        if before != after
+            && let Some(policy) = lock(&self.policy).as_ref()
+        {
+            info!(zones = ?after, "cluster zones changed");
+            policy.set_cluster_zones((!after.is_empty()).then_some(after));
+        }
     }
 }
 
@@ -230,6 +329,13 @@ impl Lookups for ClusterCache {
     ) -> Lookup<DaemonSetFacts> {
         match self.usable(DAEMONSET, namespace) {
             Ok(()) => read(&self.state).daemonset_matching(namespace, selector),
+            Err(why) => Lookup::Unavailable(why),
+        }
+    }
+
+    fn readiness_gate(&self, namespace: &str) -> Lookup<bool> {
+        match self.usable(GATE, namespace) {
+            Ok(()) => read(&self.state).readiness_gate(namespace),
             Err(why) => Lookup::Unavailable(why),
         }
     }
@@ -263,12 +369,22 @@ impl<L: Lookups> Lookups for Metered<L> {
         r
     }
 
+    // A DaemonSet not found is an answer (it decides a denial), not a
+    // fallback; only an unavailable cache is counted.
     fn daemonset_matching(
         &self,
         namespace: &str,
         selector: &[(&str, &str)],
     ) -> Lookup<DaemonSetFacts> {
         let r = self.inner.daemonset_matching(namespace, selector);
+        if matches!(r, Lookup::Unavailable(_)) {
+            self.count(&r);
+        }
+        r
+    }
+
+    fn readiness_gate(&self, namespace: &str) -> Lookup<bool> {
+        let r = self.inner.readiness_gate(namespace);
         self.count(&r);
         r
     }
@@ -286,22 +402,27 @@ impl<L: Lookups> Lookups for Arc<L> {
     ) -> Lookup<DaemonSetFacts> {
         self.as_ref().daemonset_matching(namespace, selector)
     }
+
+    fn readiness_gate(&self, namespace: &str) -> Lookup<bool> {
+        self.as_ref().readiness_gate(namespace)
+    }
 }
 
 const SERVICE: &str = "Service";
 const DAEMONSET: &str = "DaemonSet";
 const NAMESPACE: &str = "Namespace";
+const NODE: &str = "Node";
+/// Namespaces with the readiness-gate label.
+const GATE: &str = "ReadinessGateNamespace";
 
-/// A watched kind: how one object becomes the facts the rules need.
-trait Watched:
-    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
-{
+/// A watched kind: how one object becomes the facts kept, and where.
+trait Watched: Debug + Send + Sync + 'static {
     const KIND: &'static str;
     type Entry: Send + 'static;
     fn entry(&self) -> Self::Entry;
-    fn replace(state: &mut InMemory, scope: Option<&str>, entries: Vec<Self::Entry>);
-    fn upsert(state: &mut InMemory, entry: Self::Entry);
-    fn remove(state: &mut InMemory, obj: &Self);
+    fn replace(cache: &ClusterCache, scope: Option<&str>, entries: Vec<Self::Entry>);
+    fn upsert(cache: &ClusterCache, entry: Self::Entry);
+    fn remove(cache: &ClusterCache, obj: &Self);
 }
 
 fn object_ref<K: Resource>(obj: &K) -> ObjectRef {
@@ -324,16 +445,16 @@ impl Watched for Service {
         (object_ref(self), ServiceFacts { selector, local })
     }
 
-    fn replace(state: &mut InMemory, scope: Option<&str>, entries: Vec<Self::Entry>) {
-        state.replace_services(scope, entries);
+    fn replace(cache: &ClusterCache, scope: Option<&str>, entries: Vec<Self::Entry>) {
+        cache.edit(|s| s.replace_services(scope, entries));
     }
 
-    fn upsert(state: &mut InMemory, (key, facts): Self::Entry) {
-        state.upsert_service(key, facts);
+    fn upsert(cache: &ClusterCache, (key, facts): Self::Entry) {
+        cache.edit(|s| s.upsert_service(key, facts));
     }
 
-    fn remove(state: &mut InMemory, obj: &Self) {
-        state.remove_service(&object_ref(obj));
+    fn remove(cache: &ClusterCache, obj: &Self) {
+        cache.edit(|s| s.remove_service(&object_ref(obj)));
     }
 }
 
@@ -374,30 +495,88 @@ impl Watched for DaemonSet {
         )
     }
 
-    fn replace(state: &mut InMemory, scope: Option<&str>, entries: Vec<Self::Entry>) {
-        state.replace_daemonsets(scope, entries);
+    fn replace(cache: &ClusterCache, scope: Option<&str>, entries: Vec<Self::Entry>) {
+        cache.edit(|s| s.replace_daemonsets(scope, entries));
     }
 
-    fn upsert(state: &mut InMemory, (ns, entry): Self::Entry) {
-        state.upsert_daemonset(&ns, entry);
+    fn upsert(cache: &ClusterCache, (ns, entry): Self::Entry) {
+        cache.edit(|s| s.upsert_daemonset(&ns, entry));
     }
 
-    fn remove(state: &mut InMemory, obj: &Self) {
+    fn remove(cache: &ClusterCache, obj: &Self) {
         let r = object_ref(obj);
-        state.remove_daemonset(&r.namespace, &r.name);
+        cache.edit(|s| s.remove_daemonset(&r.namespace, &r.name));
     }
+}
+
+impl Watched for PartialObjectMeta<Node> {
+    const KIND: &'static str = NODE;
+    type Entry = (Box<str>, Option<Box<str>>);
+
+    fn entry(&self) -> Self::Entry {
+        (
+            self.name_any().into(),
+            node_zone(self.metadata.labels.as_ref()),
+        )
+    }
+
+    fn replace(cache: &ClusterCache, _: Option<&str>, entries: Vec<Self::Entry>) {
+        cache.edit_nodes(|n| n.replace(entries));
+    }
+
+    fn upsert(cache: &ClusterCache, (node, zone): Self::Entry) {
+        cache.edit_nodes(|n| n.upsert(node, zone));
+    }
+
+    fn remove(cache: &ClusterCache, obj: &Self) {
+        cache.edit_nodes(|n| n.remove(&obj.name_any()));
+    }
+}
+
+/// Only labelled namespaces are listed (a label selector), and one that
+/// loses the label arrives as deleted.
+impl Watched for PartialObjectMeta<Namespace> {
+    const KIND: &'static str = GATE;
+    type Entry = String;
+
+    fn entry(&self) -> Self::Entry {
+        self.name_any()
+    }
+
+    fn replace(cache: &ClusterCache, _: Option<&str>, entries: Vec<Self::Entry>) {
+        cache.edit(|s| s.readiness_gates = entries.into_iter().collect());
+    }
+
+    fn upsert(cache: &ClusterCache, ns: Self::Entry) {
+        cache.edit(|s| {
+            s.readiness_gates.insert(ns);
+        });
+    }
+
+    fn remove(cache: &ClusterCache, obj: &Self) {
+        cache.edit(|s| {
+            s.readiness_gates.remove(&obj.name_any());
+        });
+    }
+}
+
+/// A kube watcher for `K` (cluster-wide or in one namespace).
+fn watch_all<K>(api: Api<K>) -> impl Stream<Item = watcher::Result<Event<K>>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
+{
+    watcher::watcher(api, watcher::Config::default()).default_backoff()
 }
 
 /// Runs one watch (a kind, cluster-wide or in one namespace) forever.
 /// `reconnected` is notified when a list completes after an error, so the
 /// API server version is read again.
 async fn watch<K: Watched>(
-    api: Api<K>,
+    stream: impl Stream<Item = watcher::Result<Event<K>>> + Send,
     scope: Option<String>,
     cache: Arc<ClusterCache>,
     reconnected: Arc<Notify>,
 ) {
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     futures_util::pin_mut!(stream);
     let mut buffer: Vec<K::Entry> = Vec::new();
     let mut had_error = false;
@@ -410,7 +589,7 @@ async fn watch<K: Watched>(
             Some(Ok(Event::InitDone)) => {
                 let entries = std::mem::take(&mut buffer);
                 let n = entries.len();
-                cache.edit(|s| K::replace(s, scope.as_deref(), entries));
+                K::replace(&cache, scope.as_deref(), entries);
                 cache.mark_synced(kind, scope.clone());
                 info!(
                     kind,
@@ -423,12 +602,12 @@ async fn watch<K: Watched>(
                 }
             }
             Some(Ok(Event::Apply(obj))) => {
-                debug!(kind, name = %obj.name_any(), "cache apply");
-                cache.edit(|s| K::upsert(s, obj.entry()));
+                debug!(kind, "cache apply");
+                K::upsert(&cache, obj.entry());
                 cache.metrics.cache_last_sync.touch(kind);
             }
             Some(Ok(Event::Delete(obj))) => {
-                cache.edit(|s| K::remove(s, &obj));
+                K::remove(&cache, &obj);
                 cache.metrics.cache_last_sync.touch(kind);
             }
             Some(Err(e)) => {
@@ -446,30 +625,44 @@ async fn watch<K: Watched>(
     }
 }
 
-/// Starts the watches. They run until the returned handles are dropped,
-/// which stops every watch, the per-namespace ones included.
+/// Starts the watches; the cluster's zones go to `policy`. They run until
+/// the returned handles are dropped, which stops every watch, the
+/// per-namespace ones included.
 pub fn start(
     client: Client,
     cache: Arc<ClusterCache>,
     reconnected: Arc<Notify>,
+    policy: Arc<LivePolicy>,
 ) -> Vec<AbortOnDropHandle<()>> {
-    let tasks = match cache.scope {
-        Scope::All => vec![
-            tokio::spawn(watch::<Service>(
-                Api::all(client.clone()),
+    cache.publish_zones_to(policy);
+    // An Api of PartialObjectMeta asks for metadata only.
+    let nodes = watch_all(Api::<PartialObjectMeta<Node>>::all(client.clone()));
+    let gates = watcher::watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{READINESS_GATE_LABEL}=enabled")),
+    )
+    .default_backoff();
+    let mut tasks = vec![
+        tokio::spawn(watch(nodes, None, cache.clone(), reconnected.clone())),
+        tokio::spawn(watch(gates, None, cache.clone(), reconnected.clone())),
+    ];
+    match cache.scope {
+        Scope::All => {
+            tasks.push(tokio::spawn(watch(
+                watch_all(Api::<Service>::all(client.clone())),
                 None,
                 cache.clone(),
                 reconnected.clone(),
-            )),
-            tokio::spawn(watch::<DaemonSet>(
-                Api::all(client),
+            )));
+            tasks.push(tokio::spawn(watch(
+                watch_all(Api::<DaemonSet>::all(client)),
                 None,
                 cache,
                 reconnected,
-            )),
-        ],
-        Scope::Labelled => vec![tokio::spawn(watch_namespaces(client, cache, reconnected))],
-    };
+            )));
+        }
+        Scope::Labelled => tasks.push(tokio::spawn(watch_namespaces(client, cache, reconnected))),
+    }
     tasks.into_iter().map(AbortOnDropHandle::new).collect()
 }
 
@@ -522,14 +715,14 @@ async fn watch_namespaces(client: Client, cache: Arc<ClusterCache>, reconnected:
             running.entry(ns.clone()).or_insert_with(|| {
                 info!(namespace = %ns, "watching opted-in namespace");
                 [
-                    AbortOnDropHandle::new(tokio::spawn(watch::<Service>(
-                        Api::namespaced(client.clone(), ns),
+                    AbortOnDropHandle::new(tokio::spawn(watch(
+                        watch_all(Api::<Service>::namespaced(client.clone(), ns)),
                         Some(ns.clone()),
                         cache.clone(),
                         reconnected.clone(),
                     ))),
-                    AbortOnDropHandle::new(tokio::spawn(watch::<DaemonSet>(
-                        Api::namespaced(client.clone(), ns),
+                    AbortOnDropHandle::new(tokio::spawn(watch(
+                        watch_all(Api::<DaemonSet>::namespaced(client.clone(), ns)),
                         Some(ns.clone()),
                         cache.clone(),
                         reconnected.clone(),
@@ -557,9 +750,9 @@ async fn watch_namespaces(client: Client, cache: Arc<ClusterCache>, reconnected:
 /// `on_change` when it differs from `known`.
 pub async fn track_version(
     client: Client,
-    mut known: Option<(u32, u32)>,
+    mut known: Option<KubeVersion>,
     reconnected: Arc<Notify>,
-    mut on_change: impl FnMut((u32, u32)) + Send,
+    mut on_change: impl FnMut(KubeVersion) + Send,
 ) {
     // Until a first version is known (start-up could not read it), retry on
     // a timer as well.
@@ -574,7 +767,7 @@ pub async fn track_version(
         }
         match server_version(&client).await {
             Ok(v) if Some(v) != known => {
-                info!(major = v.0, minor = v.1, "API server version changed");
+                info!(version = %v, "API server version changed");
                 known = Some(v);
                 on_change(v);
             }
@@ -589,10 +782,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions() {
-        assert_eq!(parse_version("1", "34"), Some((1, 34)));
-        assert_eq!(parse_version("1", "33+"), Some((1, 33)));
-        assert_eq!(parse_version("", "33"), None);
+    fn node_zones_follow_nodes_coming_and_going() {
+        let mut z = NodeZones::default();
+        z.replace(vec![
+            ("n1".into(), Some("a".into())),
+            ("n2".into(), Some("b".into())),
+            ("n3".into(), None),
+        ]);
+        assert_eq!(z.zones(), ["a".to_string(), "b".to_string()].into());
+        z.upsert("n4".into(), Some("c".into()));
+        z.remove("n2");
+        assert_eq!(z.zones(), ["a".to_string(), "c".to_string()].into());
+        z.upsert("n1".into(), Some("c".into()));
+        assert_eq!(z.zones(), ["c".to_string()].into());
+        assert_eq!(z.nodes(), 2);
+        let labels = BTreeMap::from([(LEGACY_ZONE_KEY.to_string(), "old".to_string())]);
+        assert_eq!(node_zone(Some(&labels)).as_deref(), Some("old"));
     }
 
     fn svc(ns: &str, name: &str, selector: &[(&str, &str)], local: bool) -> Service {
@@ -610,7 +815,7 @@ mod tests {
         let orders = ObjectRef::new("shop", "orders");
         assert_eq!(cache.service(&orders), Lookup::Unavailable(NOT_SYNCED));
         let entries = vec![svc("shop", "orders", &[("app", "orders")], false).entry()];
-        cache.edit(|s| Service::replace(s, None, entries));
+        Service::replace(&cache, None, entries);
         cache.mark_synced(SERVICE, None);
         assert!(matches!(cache.service(&orders), Lookup::Found(f) if !f.local));
         assert!(!cache.all_synced(), "DaemonSets not listed yet");
@@ -619,11 +824,18 @@ mod tests {
             Lookup::Unavailable(NOT_SYNCED)
         );
         cache.mark_synced(DAEMONSET, None);
+        assert!(
+            !cache.all_synced(),
+            "Nodes and gate namespaces not listed yet"
+        );
+        cache.mark_synced(NODE, None);
+        cache.mark_synced(GATE, None);
         assert!(cache.all_synced());
         assert_eq!(
             cache.daemonset_matching("shop", &[("a", "b")]),
             Lookup::NotFound
         );
+        assert_eq!(cache.readiness_gate("shop"), Lookup::Found(false));
     }
 
     #[test]
@@ -667,7 +879,11 @@ mod tests {
         );
         assert!(!cache.all_synced());
         cache.mark_synced(DAEMONSET, Some("shop".into()));
+        cache.mark_synced(NODE, None);
+        cache.mark_synced(GATE, None);
         assert!(cache.all_synced());
+        // The gate namespaces are known cluster-wide, watched or not.
+        assert_eq!(cache.readiness_gate("billing"), Lookup::Found(false));
     }
 
     #[test]

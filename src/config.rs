@@ -1,18 +1,21 @@
-//! The policy file: its YAML shape, validation, and the effective policy the
-//! rules read.
+//! The policy file: its YAML shape and validation.
 //!
 //! Parsing and validation happen once, at start-up or on reload, so the
-//! admission path only ever sees a [`Policy`] that is known to be good. Every
+//! admission path only ever sees a policy that is known to be good (see
+//! [`crate::policy`], which combines it with what the cluster says). Every
 //! error names the field (`deployment.zoneSpread.maxSkew: ...`) because the
-//! person reading it is editing a ConfigMap, not this code.
+//! person reading it is editing a ConfigMap, not this code. Start-up,
+//! reload and `check-config` all read a file through [`Config::load`] /
+//! [`Config::from_bytes`], so they accept and refuse the same files.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::names;
+use crate::versions::KubeVersion;
 
 /// The YAML document, with every field defaulted.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -21,9 +24,20 @@ pub struct Config {
     /// Namespaces no rule ever touches (the server's own namespace is added at
     /// run time).
     pub excluded_namespaces: Vec<String>,
+    /// The API server version, for `routing: auto` and version-dependent
+    /// messages when zonewise has no cluster access (`mutate`, laptops).
+    /// With cluster access the server's own version wins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    /// The cluster's zones, for the zone capacity warning when zonewise has
+    /// no cluster access. With cluster access the Nodes' zones win.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
     pub service: ServiceConfig,
+    /// Deployments and StatefulSets: every pod-template owner.
     pub deployment: DeploymentConfig,
-    /// Declared callers and callees: `{from: ns/deployment, to: [ns/service]}`.
+    pub ingress: IngressConfig,
+    /// Declared callers and callees: `{from: ns/workload, to: [ns/service]}`.
     pub call_graph: Vec<CallGraphEntry>,
     /// Pod selectors of callee Services, used when the cluster cache cannot
     /// answer: `{"ns/service": {label: value}}`.
@@ -34,8 +48,11 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             excluded_namespaces: vec!["kube-system".into(), "zonewise-system".into()],
+            kubernetes_version: None,
+            zones: Vec::new(),
             service: ServiceConfig::default(),
             deployment: DeploymentConfig::default(),
+            ingress: IngressConfig::default(),
             call_graph: Vec::new(),
             service_selectors: BTreeMap::new(),
         }
@@ -51,32 +68,70 @@ pub struct ServiceConfig {
 }
 
 /// `service.routing`: how `zone-routing` keeps Service traffic in its zone.
+/// What each value becomes on each Kubernetes version is
+/// [`crate::versions::resolve_routing`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum Routing {
-    /// `spec.trafficDistribution: PreferClose` (GA in 1.33; a deprecated
-    /// alias of PreferSameZone from 1.35, still accepted).
+    /// The newest mechanism the API server accepts without a warning.
     #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// `spec.trafficDistribution: PreferClose` (1.31+; a deprecated alias of
+    /// PreferSameZone from 1.35, which then warns).
     PreferClose,
     /// `spec.trafficDistribution: PreferSameZone` (1.34+).
     PreferSameZone,
     /// `service.kubernetes.io/topology-mode: Auto` (1.27+).
     #[serde(rename = "annotation")]
     Annotation,
-    /// Chosen from the API server version at start-up.
-    #[serde(rename = "auto")]
-    Auto,
     #[serde(rename = "off")]
     Off,
+}
+
+impl fmt::Display for Routing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Routing::Auto => "auto",
+            Routing::PreferClose => "PreferClose",
+            Routing::PreferSameZone => "PreferSameZone",
+            Routing::Annotation => "annotation",
+            Routing::Off => "off",
+        })
+    }
 }
 
 /// `service.localPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LocalPolicyMode {
+    /// Deny, with the ways out.
     #[default]
     Enforce,
+    /// On servers that accept it (1.34+), replace Local with
+    /// `trafficDistribution: PreferSameNode`; elsewhere as `enforce`.
+    Convert,
+    /// Allow with a warning.
     Warn,
     Off,
+}
+
+/// `ingress`: the `alb-ip-target` rule.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct IngressConfig {
+    pub target_type: TargetType,
+    /// IngressClass names (and legacy `kubernetes.io/ingress.class` values)
+    /// served by the AWS Load Balancer Controller.
+    pub alb_classes: Vec<String>,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            target_type: TargetType::Ip,
+            alb_classes: vec!["alb".into()],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -211,7 +266,7 @@ impl ObjectRef {
     }
 
     /// `ns/name`, the config's spelling. Both halves must be DNS labels.
-    fn parse_slash(s: &str) -> Option<Self> {
+    pub fn parse_slash(s: &str) -> Option<Self> {
         let (ns, name) = s.split_once('/')?;
         (names::is_dns1123_label(ns) && names::is_dns1123_label(name)).then(|| Self::new(ns, name))
     }
@@ -250,12 +305,27 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads and validates a config file: what start-up, reload and
+    /// `check-config` all do.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_yaml(&text)
+        Config::from_bytes(&bytes)
+    }
+
+    /// A file's contents: UTF-8 YAML (a ConfigMap's data is UTF-8; a file
+    /// that is not was not written as one, and guessing at it would apply a
+    /// policy nobody wrote).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            ConfigError::Syntax(format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.valid_up_to()
+            ))
+        })?;
+        Config::from_yaml(text)
     }
 
     /// Checks what serde cannot: ranges, name syntax, combinations the API
@@ -267,6 +337,25 @@ impl Config {
                 errs.push(format!(
                     "excludedNamespaces[{i}]: {ns:?} is not a valid namespace name"
                 ));
+            }
+        }
+        if let Some(v) = &self.kubernetes_version
+            && KubeVersion::parse(v).is_none()
+        {
+            errs.push(format!(
+                "kubernetesVersion: {v:?} is not a Kubernetes version such as \"1.33\""
+            ));
+        }
+        for (i, zone) in self.zones.iter().enumerate() {
+            if !names::is_label_value(zone) || zone.is_empty() {
+                errs.push(format!(
+                    "zones[{i}]: {zone:?} is not a valid zone label value"
+                ));
+            }
+        }
+        for (i, class) in self.ingress.alb_classes.iter().enumerate() {
+            if class.is_empty() {
+                errs.push(format!("ingress.albClasses[{i}]: must not be empty"));
             }
         }
         for (i, class) in self.service.load_balancer.aws_classes.iter().enumerate() {
@@ -395,128 +484,6 @@ fn parse_yaml_with_path(text: &str) -> Result<Config, ConfigError> {
     }))
 }
 
-/// How `zone-routing` acts, after `auto` has been resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoutingMode {
-    /// Set `spec.trafficDistribution` to this value.
-    Field(&'static str),
-    /// Set `service.kubernetes.io/topology-mode: Auto`.
-    Annotation,
-    Off,
-}
-
-impl fmt::Display for RoutingMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RoutingMode::Field(v) => write!(f, "trafficDistribution: {v}"),
-            RoutingMode::Annotation => f.write_str("service.kubernetes.io/topology-mode: Auto"),
-            RoutingMode::Off => f.write_str("off"),
-        }
-    }
-}
-
-/// Facts about where zonewise runs that shape the effective policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Environment {
-    /// API server `major.minor`, when a cluster was reachable at start-up.
-    pub server_version: Option<(u32, u32)>,
-    /// The namespace zonewise itself runs in; never mutated.
-    pub own_namespace: Option<String>,
-}
-
-/// The validated config plus what was derived from it and the environment,
-/// indexed for the admission path.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub config: Config,
-    pub routing: RoutingMode,
-    pub excluded: BTreeSet<String>,
-    call_graph: HashMap<ObjectRef, Vec<ObjectRef>>,
-    service_selectors: HashMap<ObjectRef, BTreeMap<String, String>>,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy::new(Config::default(), &Environment::default())
-    }
-}
-
-impl Policy {
-    /// Builds the effective policy. `config` must have passed
-    /// [`Config::validate`]; invalid references are dropped, not panicked on.
-    pub fn new(config: Config, env: &Environment) -> Policy {
-        let routing = resolve_routing(config.service.routing, env.server_version);
-        let mut excluded: BTreeSet<String> = config.excluded_namespaces.iter().cloned().collect();
-        if let Some(ns) = &env.own_namespace {
-            excluded.insert(ns.clone());
-        }
-        let mut call_graph: HashMap<ObjectRef, Vec<ObjectRef>> = HashMap::new();
-        for entry in &config.call_graph {
-            let Some(from) = ObjectRef::parse_slash(&entry.from) else {
-                continue;
-            };
-            let callees = call_graph.entry(from).or_default();
-            for to in entry.to.iter().filter_map(|t| ObjectRef::parse_slash(t)) {
-                if !callees.contains(&to) {
-                    callees.push(to);
-                }
-            }
-        }
-        let service_selectors = config
-            .service_selectors
-            .iter()
-            .filter_map(|(k, v)| Some((ObjectRef::parse_slash(k)?, v.clone())))
-            .collect();
-        Policy {
-            config,
-            routing,
-            excluded,
-            call_graph,
-            service_selectors,
-        }
-    }
-
-    /// Services the Deployment `from` is declared to call in the config.
-    pub fn callees_of(&self, from: &ObjectRef) -> &[ObjectRef] {
-        self.call_graph.get(from).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    pub fn declared_selector(&self, service: &ObjectRef) -> Option<&BTreeMap<String, String>> {
-        self.service_selectors.get(service)
-    }
-
-    /// The effective policy as YAML, for `check-config` and the start-up log.
-    pub fn describe(&self) -> String {
-        let mut out = self.config.to_yaml();
-        out.push_str(&format!(
-            "# effective:\n#   zone-routing: {}\n#   excluded namespaces: {}\n",
-            self.routing,
-            self.excluded.iter().cloned().collect::<Vec<_>>().join(", ")
-        ));
-        out
-    }
-}
-
-/// `auto` picks the newest mechanism the API server is known to accept:
-/// `PreferSameZone` from 1.34, `PreferClose` from 1.31 (beta, on by default),
-/// the topology annotation before that. An unknown version gets
-/// `PreferClose`: older servers drop an unknown field rather than reject it.
-pub fn resolve_routing(routing: Routing, version: Option<(u32, u32)>) -> RoutingMode {
-    match routing {
-        Routing::PreferClose => RoutingMode::Field("PreferClose"),
-        Routing::PreferSameZone => RoutingMode::Field("PreferSameZone"),
-        Routing::Annotation => RoutingMode::Annotation,
-        Routing::Off => RoutingMode::Off,
-        Routing::Auto => match version {
-            Some((1, minor)) if minor >= 34 => RoutingMode::Field("PreferSameZone"),
-            Some((1, minor)) if minor >= 31 => RoutingMode::Field("PreferClose"),
-            Some((1, _)) => RoutingMode::Annotation,
-            Some((major, _)) if major > 1 => RoutingMode::Field("PreferSameZone"),
-            _ => RoutingMode::Field("PreferClose"),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,11 +518,8 @@ callGraph:
 "#,
         )
         .unwrap();
-        let policy = Policy::new(c, &Environment::default());
-        assert_eq!(
-            policy.callees_of(&ObjectRef::new("ecommerce", "graphql")),
-            &[ObjectRef::new("ecommerce", "orders")]
-        );
+        assert_eq!(c.call_graph[0].to, ["ecommerce/orders"]);
+        assert_eq!(c.service.routing, Routing::PreferClose);
     }
 
     #[test]
@@ -609,30 +573,39 @@ serviceSelectors:
     }
 
     #[test]
-    fn auto_routing_by_version() {
-        let r = |v| resolve_routing(Routing::Auto, v);
-        assert_eq!(r(Some((1, 35))), RoutingMode::Field("PreferSameZone"));
-        assert_eq!(r(Some((1, 34))), RoutingMode::Field("PreferSameZone"));
-        assert_eq!(r(Some((1, 33))), RoutingMode::Field("PreferClose"));
-        assert_eq!(r(Some((1, 31))), RoutingMode::Field("PreferClose"));
-        assert_eq!(r(Some((1, 30))), RoutingMode::Annotation);
-        assert_eq!(r(Some((1, 27))), RoutingMode::Annotation);
-        assert_eq!(r(None), RoutingMode::Field("PreferClose"));
-        assert_eq!(
-            resolve_routing(Routing::Off, Some((1, 35))),
-            RoutingMode::Off
+    fn versions_zones_and_ingress() {
+        let c = Config::from_yaml(
+            "kubernetesVersion: \"1.33\"\nzones: [eu-west-1a, eu-west-1b]\ningress: {albClasses: [alb, internal-alb]}\nservice: {localPolicy: convert}\n",
+        )
+        .unwrap();
+        assert_eq!(c.kubernetes_version.as_deref(), Some("1.33"));
+        assert_eq!(c.zones.len(), 2);
+        assert_eq!(c.ingress.alb_classes, ["alb", "internal-alb"]);
+        assert_eq!(c.service.local_policy, LocalPolicyMode::Convert);
+        assert_eq!(Config::default().service.routing, Routing::Auto);
+        let e = errors(
+            "kubernetesVersion: latest\nzones: [\"eu west\"]\ningress: {albClasses: [\"\"]}\n",
         );
+        for needle in ["kubernetesVersion", "zones[0]", "ingress.albClasses[0]"] {
+            assert!(e.contains(needle), "missing {needle} in:\n{e}");
+        }
     }
 
     #[test]
-    fn own_namespace_is_excluded() {
-        let env = Environment {
-            server_version: None,
-            own_namespace: Some("platform".into()),
-        };
-        let p = Policy::new(Config::default(), &env);
-        assert!(p.excluded.contains("platform"));
-        assert!(p.excluded.contains("kube-system"));
+    fn one_way_to_read_a_file() {
+        let e = Config::from_bytes(b"service: {routing: auto}\n# caf\xe9\n").unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, b"zones: [a, \xff]\n").unwrap();
+        assert!(
+            Config::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("not UTF-8")
+        );
+        std::fs::write(&p, "zones: [a, b]\n").unwrap();
+        assert_eq!(Config::load(&p).unwrap().zones, ["a", "b"]);
     }
 
     #[test]

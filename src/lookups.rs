@@ -5,7 +5,7 @@
 //! [`InMemory`] map. Every answer is from memory: nothing here may block or
 //! call the API server, because it runs on the admission path.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::config::ObjectRef;
 
@@ -47,6 +47,11 @@ pub trait Lookups: Send + Sync {
         namespace: &str,
         selector: &[(&str, &str)],
     ) -> Lookup<DaemonSetFacts>;
+
+    /// Whether `namespace` carries the AWS Load Balancer Controller's
+    /// readiness-gate label (`elbv2.k8s.aws/pod-readiness-gate-inject:
+    /// enabled`).
+    fn readiness_gate(&self, namespace: &str) -> Lookup<bool>;
 }
 
 /// No cluster access: every lookup is unavailable.
@@ -61,6 +66,10 @@ impl Lookups for NoCluster {
     }
 
     fn daemonset_matching(&self, _: &str, _: &[(&str, &str)]) -> Lookup<DaemonSetFacts> {
+        Lookup::Unavailable(NO_CLUSTER)
+    }
+
+    fn readiness_gate(&self, _: &str) -> Lookup<bool> {
         Lookup::Unavailable(NO_CLUSTER)
     }
 }
@@ -79,11 +88,18 @@ pub struct InMemory {
     pub services: HashMap<ObjectRef, ServiceFacts>,
     /// DaemonSets by namespace, then name.
     pub daemonsets: HashMap<String, BTreeMap<String, DaemonSetEntry>>,
+    /// Namespaces with the readiness-gate label (every other one lacks it).
+    pub readiness_gates: HashSet<String>,
 }
 
 impl InMemory {
     pub fn with_service(mut self, ns: &str, name: &str, facts: ServiceFacts) -> Self {
         self.services.insert(ObjectRef::new(ns, name), facts);
+        self
+    }
+
+    pub fn with_readiness_gate(mut self, ns: &str) -> Self {
+        self.readiness_gates.insert(ns.to_string());
         self
     }
 
@@ -198,6 +214,10 @@ impl Lookups for InMemory {
             Some(ds) => Lookup::Found(ds.facts.clone()),
             None => Lookup::NotFound,
         }
+    }
+
+    fn readiness_gate(&self, namespace: &str) -> Lookup<bool> {
+        Lookup::Found(self.readiness_gates.contains(namespace))
     }
 }
 

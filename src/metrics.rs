@@ -67,6 +67,7 @@ pub struct Metrics {
     pub rules_applied: Family<RuleLabels, Counter>,
     pub denials: Family<RuleLabels, Counter>,
     pub warnings: Counter,
+    pub routing_substitutions: Counter,
     pub bad_requests: Family<ReasonLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub tls_reloads: Family<ResultLabels, Counter>,
@@ -132,6 +133,7 @@ impl Default for Metrics {
             rules_applied: Family::default(),
             denials: Family::default(),
             warnings: Counter::default(),
+            routing_substitutions: Counter::default(),
             bad_requests: Family::default(),
             config_reloads: Family::default(),
             tls_reloads: Family::default(),
@@ -165,6 +167,11 @@ impl Default for Metrics {
             "warnings",
             "Warnings returned to API clients",
             m.warnings.clone(),
+        );
+        registry.register(
+            "routing_substitutions",
+            "Services given a routing value other than the configured one, which their API server version would not accept",
+            m.routing_substitutions.clone(),
         );
         registry.register(
             "bad_requests",

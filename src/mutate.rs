@@ -12,11 +12,11 @@ use std::io::Write;
 use json_patch::Patch;
 use serde_json::{Value, json};
 
-use crate::config::Policy;
 use crate::lookups::NoCluster;
 use crate::object;
+use crate::policy::Policy;
 use crate::review::{
-    self, AdmissionRequest, Decision, Endpoint, GroupVersionKind, Operation, Outcome,
+    self, AdmissionRequest, Endpoint, GroupVersionKind, Operation, Outcome, Verdict,
 };
 use crate::wire;
 
@@ -70,11 +70,14 @@ pub fn run(
                summary: &mut Summary,
                err: &mut dyn Write|
      -> Result<(Option<Value>, Patch, Vec<u8>), MutateError> {
-        let mut outcome = review::review(&req, policy, &NoCluster, Endpoint::Mutate);
+        let outcome = review::review(&req, policy, &NoCluster, Endpoint::Mutate);
         report(&req, &outcome, summary, err)?;
         let response = wire::encode(&req.uid, &outcome);
         // Both are done with; take them rather than copy them.
-        let patch = outcome.patch.take().unwrap_or_default();
+        let patch = match outcome.verdict {
+            Verdict::Patched { patch, .. } => patch,
+            _ => Patch::default(),
+        };
         let mut object = req.object.take();
         if let Some(obj) = object.as_mut() {
             // The patch was computed on this very object; failing to apply
@@ -174,17 +177,13 @@ fn report(
     for w in &outcome.warnings {
         writeln!(err, "Warning: {w}")?;
     }
-    match outcome.decision() {
-        Decision::Denied => {
+    match &outcome.verdict {
+        Verdict::Denied { message, .. } => {
             summary.denied += 1;
-            writeln!(
-                err,
-                "Error: {what} denied: {}",
-                outcome.message.as_deref().unwrap_or("denied")
-            )?;
+            writeln!(err, "Error: {what} denied: {message}")?;
         }
-        Decision::Patched => summary.patched += 1,
-        Decision::Allowed => {}
+        Verdict::Patched { .. } => summary.patched += 1,
+        Verdict::Allowed => {}
     }
     Ok(())
 }
@@ -219,6 +218,7 @@ fn synthetic_request(obj: Value, default_namespace: &str, n: usize) -> Admission
         object: Some(obj),
         old_object: None,
         complete: true,
+        oversized: false,
     }
 }
 

@@ -1,90 +1,23 @@
 //! One admission review, start to finish, as a pure function: which rules
 //! apply to this request, what they patch, whether it is denied.
 //!
-//! Shared by the HTTP server and `zonewise mutate`, so the offline output is
-//! exactly what the cluster would do. No I/O, clock, logging or HTTP here.
+//! Shared by the HTTP server, `zonewise mutate` and `zonewise audit`, so
+//! the offline answers are exactly what the cluster would get. Which rules
+//! run comes from the table in [`crate::rules`]; no I/O, clock, logging or
+//! HTTP here.
 
-use json_patch::Patch;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::Policy;
+pub use crate::admission::{
+    AdmissionRequest, GroupVersionKind, Kind, Operation, Outcome, Rule, Verdict,
+};
 use crate::lookups::Lookups;
 use crate::object;
-use crate::rules::local_policy::{self, Verdict};
-use crate::rules::{
-    APPLIED, Context, Mutation, Rule, SKIP, call_affinity, lb_ip_target, zone_routing, zone_spread,
-};
+use crate::policy::Policy;
+use crate::rules::{self, APPLIED, Action, Check, Context, Mutation, SKIP};
+use crate::warnings::{Priority, Warnings};
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-pub struct GroupVersionKind {
-    #[serde(default)]
-    pub group: String,
-    #[serde(default)]
-    pub version: String,
-    #[serde(default)]
-    pub kind: String,
-}
-
-impl GroupVersionKind {
-    pub fn new(group: &str, version: &str, kind: &str) -> Self {
-        GroupVersionKind {
-            group: group.into(),
-            version: version.into(),
-            kind: kind.into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    Create,
-    Update,
-    Delete,
-    Connect,
-    Other,
-}
-
-impl Operation {
-    pub fn parse(s: &str) -> Operation {
-        match s {
-            "CREATE" => Operation::Create,
-            "UPDATE" => Operation::Update,
-            "DELETE" => Operation::Delete,
-            "CONNECT" => Operation::Connect,
-            _ => Operation::Other,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Create => "CREATE",
-            Operation::Update => "UPDATE",
-            Operation::Delete => "DELETE",
-            Operation::Connect => "CONNECT",
-            Operation::Other => "OTHER",
-        }
-    }
-}
-
-/// The parts of an `admission.k8s.io/v1` AdmissionRequest the rules use.
-#[derive(Debug, Clone)]
-pub struct AdmissionRequest {
-    pub uid: String,
-    pub kind: GroupVersionKind,
-    pub sub_resource: Option<String>,
-    pub name: String,
-    pub namespace: String,
-    pub operation: Operation,
-    pub dry_run: bool,
-    pub object: Option<Value>,
-    pub old_object: Option<Value>,
-    /// `object` holds the whole object; `false` when only the parts the
-    /// rules read were parsed (see [`crate::sparse`]).
-    pub complete: bool,
-}
-
-/// `/mutate` runs every rule; `/validate` only `local-policy`, for a
+/// `/mutate` runs every rule; `/validate` only the checks, for a
 /// ValidatingWebhookConfiguration that sees the object after all mutations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -92,111 +25,21 @@ pub enum Endpoint {
     Validate,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Allowed,
-    Patched,
-    Denied,
-}
-
-impl Decision {
+impl Endpoint {
     pub fn as_str(self) -> &'static str {
         match self {
-            Decision::Allowed => "allowed",
-            Decision::Patched => "patched",
-            Decision::Denied => "denied",
+            Endpoint::Mutate => "mutate",
+            Endpoint::Validate => "validate",
         }
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The denial message (HTTP-style status 403); `Some` means denied.
-    pub message: Option<String>,
-    /// `Some` means patched (never together with a denial).
-    pub patch: Option<Patch>,
-    pub warnings: Vec<String>,
-    /// Rules that changed the object, in order.
-    pub applied: Vec<Rule>,
-    /// Why no rule ran, for the log line.
-    pub skipped: Option<&'static str>,
-}
-
-impl Outcome {
-    /// Allowed as it is.
-    fn allowed(warnings: Vec<String>) -> Outcome {
-        Outcome {
-            message: None,
-            patch: None,
-            warnings,
-            applied: Vec::new(),
-            skipped: None,
-        }
-    }
-
-    /// Allowed as it is, without any rule having run, because of `why`.
-    fn allow(why: &'static str, warnings: Vec<String>) -> Outcome {
-        Outcome {
-            skipped: Some(why),
-            ..Outcome::allowed(warnings)
-        }
-    }
-
-    fn denied(message: String, warnings: Vec<String>) -> Outcome {
-        Outcome {
-            message: Some(message),
-            ..Outcome::allowed(warnings)
-        }
-    }
-
-    pub fn decision(&self) -> Decision {
-        match (&self.message, &self.patch) {
-            (Some(_), _) => Decision::Denied,
-            (None, Some(_)) => Decision::Patched,
-            (None, None) => Decision::Allowed,
-        }
-    }
-}
-
-/// The kinds the rules handle.
+/// Which rules a review may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    Service,
-    Deployment,
-}
-
-impl Target {
-    pub fn of(gvk: &GroupVersionKind) -> Option<Target> {
-        match (gvk.group.as_str(), gvk.version.as_str(), gvk.kind.as_str()) {
-            ("", "v1", "Service") => Some(Target::Service),
-            ("apps", "v1", "Deployment") => Some(Target::Deployment),
-            _ => None,
-        }
-    }
-
-    /// The object deserializes into its k8s-openapi type. An object that
-    /// does not is allowed untouched: patching something malformed could
-    /// only make the API server's own error harder to read. A sparse object
-    /// (the admission path) is checked in the parts that were kept, which
-    /// are all the parts the rules read or write; the API server has already
-    /// decoded the whole object into the same types before calling us.
-    fn parses(self, obj: &Value, complete: bool) -> Result<(), String> {
-        use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
-        let r = match (self, complete) {
-            // Every Service field is optional, so a sparse one checks as is.
-            (Target::Service, _) => Service::deserialize(obj).map(drop),
-            (Target::Deployment, true) => Deployment::deserialize(obj).map(drop),
-            (Target::Deployment, false) => view::Deployment::deserialize(obj).map(drop),
-        };
-        r.map_err(|e| e.to_string())
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Target::Service => "Service",
-            Target::Deployment => "Deployment",
-        }
-    }
+pub enum Only {
+    All,
+    /// This rule alone (the audit's one finding per rule).
+    Rule(Rule),
 }
 
 pub fn review(
@@ -205,162 +48,150 @@ pub fn review(
     lookups: &dyn Lookups,
     endpoint: Endpoint,
 ) -> Outcome {
-    let Some(target) = Target::of(&req.kind) else {
-        return Outcome::allow("kind not handled", Vec::new());
+    review_only(req, policy, lookups, endpoint, Only::All)
+}
+
+pub fn review_only(
+    req: &AdmissionRequest,
+    policy: &Policy,
+    lookups: &dyn Lookups,
+    endpoint: Endpoint,
+    only: Only,
+) -> Outcome {
+    let Some(kind) = Kind::of(&req.kind) else {
+        return Outcome::skip("kind not handled", Vec::new());
     };
     if req.sub_resource.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Outcome::allow("subresource", Vec::new());
+        return Outcome::skip("subresource", Vec::new());
     }
-    // Mutation rules act on CREATE only; local-policy also on an UPDATE that
-    // turns a Service Local.
-    let (run_local, run_mutations) = match (req.operation, target, endpoint) {
-        (Operation::Create, Target::Service, Endpoint::Mutate) => (true, true),
-        (Operation::Create, Target::Service, Endpoint::Validate) => (true, false),
-        (Operation::Update, Target::Service, _) => (true, false),
-        (Operation::Create, Target::Deployment, Endpoint::Mutate) => (false, true),
-        _ => return Outcome::allow("operation not handled", Vec::new()),
+    // Mutations act on CREATE only (so existing objects are never changed
+    // behind their owners' backs); checks also on UPDATE.
+    let (run_checks, run_mutations) = match (req.operation, endpoint) {
+        (Operation::Create, Endpoint::Mutate) => (true, true),
+        (Operation::Create | Operation::Update, _) => (true, false),
+        _ => return Outcome::skip("operation not handled", Vec::new()),
     };
-    let Some(obj) = req.object.as_ref() else {
-        return Outcome::allow(
-            "no object",
-            vec![format!(
-                "zonewise: {} request carries no object; not reviewed",
-                target.name()
-            )],
+    if !run_mutations && !rules::rules_for(kind).any(|r| matches!(r.action, Action::Check(_))) {
+        return Outcome::skip("operation not handled", Vec::new());
+    }
+    let mut warnings = Warnings::new();
+    if req.oversized {
+        warnings.push(
+            Priority::Normal,
+            format!(
+                "zonewise: {kind} {}/{} not reviewed: the fields zonewise reads hold more than \
+                 {} values",
+                req.namespace,
+                req.name,
+                crate::sparse::MAX_VALUES
+            ),
         );
+        return Outcome::skip("object too large", warnings.finish());
+    }
+    let Some(obj) = req.object.as_ref() else {
+        warnings.push(
+            Priority::Low,
+            format!("zonewise: {kind} request carries no object; not reviewed"),
+        );
+        return Outcome::skip("no object", warnings.finish());
     };
     let namespace = effective_namespace(req, obj);
     if policy.excluded.contains(namespace) {
-        return Outcome::allow("excluded namespace", Vec::new());
+        return Outcome::skip("excluded namespace", Vec::new());
     }
-    if let Err(e) = target.parses(obj, req.complete) {
-        return Outcome::allow(
-            "object does not parse",
-            vec![format!(
-                "zonewise: {} {namespace}/{} does not parse ({e}); no rules applied",
-                target.name(),
+    if let Err(e) = rules::typed_check(kind, obj, req.complete) {
+        warnings.push(
+            Priority::Normal,
+            format!(
+                "zonewise: {kind} {namespace}/{} does not parse ({e}); no rules applied",
                 object::display_name(obj)
-            )],
+            ),
         );
+        return Outcome::skip("object does not parse", warnings.finish());
     }
 
-    let mut warnings = Vec::new();
     let skips = Skips::parse(obj, &mut warnings);
     if skips.all {
-        return Outcome::allow("skip annotation", warnings);
+        return Outcome::skip("skip annotation", warnings.finish());
     }
     let ctx = Context {
+        kind,
         namespace,
+        operation: req.operation,
+        can_patch: endpoint == Endpoint::Mutate,
         policy,
         lookups,
     };
-
-    if run_local && !skips.has(Rule::LocalPolicy) {
-        let old = match req.operation {
-            Operation::Update => req.old_object.as_ref(),
-            _ => None,
-        };
-        if let Verdict::Deny(message) = local_policy::check(obj, old, &ctx, &mut warnings) {
-            return Outcome::denied(message, warnings);
-        }
-    }
-    if !run_mutations {
-        return Outcome::allowed(warnings);
-    }
+    let selected = |rule: Rule| !skips.has(rule) && (only == Only::All || only == Only::Rule(rule));
+    let old = match req.operation {
+        Operation::Update => req.old_object.as_ref(),
+        _ => None,
+    };
 
     let mut m = Mutation::new(obj);
     m.warnings = warnings;
     let mut applied = Vec::new();
-    let rules: &[Rule] = match target {
-        Target::Service => &[Rule::ZoneRouting, Rule::LbIpTarget],
-        Target::Deployment => &[Rule::ZoneSpread, Rule::CallAffinity],
-    };
-    for &rule in rules {
-        if skips.has(rule) {
+    // Checks first: a denial ends the review before anything is patched.
+    for spec in rules::rules_for(kind).filter(|r| selected(r.rule)) {
+        let Action::Check(check) = spec.action else {
+            continue;
+        };
+        if !run_checks {
             continue;
         }
         let before = m.patch.len();
-        let result = match rule {
-            Rule::ZoneRouting => zone_routing::apply(obj, policy.routing, &mut m),
-            Rule::LbIpTarget => {
-                lb_ip_target::apply(obj, &policy.config.service.load_balancer, &mut m)
-            }
-            Rule::ZoneSpread => {
-                zone_spread::apply(obj, &policy.config.deployment.zone_spread, &mut m)
-            }
-            Rule::CallAffinity => call_affinity::apply(obj, &ctx, &mut m),
-            Rule::LocalPolicy => Ok(()),
-        };
-        if let Err(e) = result {
-            m.warnings
-                .push(format!("zonewise: {rule}: {e}; object left unchanged"));
-            return Outcome::allow("patch error", m.warnings);
+        if let Check::Deny(message) = check(obj, old, &ctx, &mut m) {
+            return Outcome {
+                verdict: Verdict::Denied {
+                    rule: spec.rule,
+                    message,
+                },
+                warnings: m.warnings.finish(),
+                skipped: None,
+            };
         }
         if m.patch.len() > before {
-            applied.push(rule);
+            applied.push(spec.rule);
+        }
+    }
+    if run_mutations {
+        for spec in rules::rules_for(kind).filter(|r| selected(r.rule)) {
+            let Action::Mutate(mutate) = spec.action else {
+                continue;
+            };
+            let before = m.patch.len();
+            if let Err(e) = mutate(obj, &ctx, &mut m) {
+                m.warn(
+                    Priority::Normal,
+                    format!("zonewise: {}: {e}; object left unchanged", spec.rule),
+                );
+                return Outcome::skip("patch error", m.warnings.finish());
+            }
+            if m.patch.len() > before {
+                applied.push(spec.rule);
+            }
         }
     }
     if applied.is_empty() {
-        return Outcome::allowed(m.warnings);
+        return Outcome::allowed(m.warnings.finish());
     }
     if let Err(e) = m.patch.set(
         &["metadata", "annotations", APPLIED],
         json!(applied_value(obj, &applied)),
     ) {
-        m.warnings
-            .push(format!("zonewise: {e}; object left unchanged"));
-        return Outcome::allow("patch error", m.warnings);
+        m.warn(
+            Priority::Normal,
+            format!("zonewise: {e}; object left unchanged"),
+        );
+        return Outcome::skip("patch error", m.warnings.finish());
     }
     Outcome {
-        patch: Some(m.patch.into_patch()),
-        applied,
-        ..Outcome::allowed(m.warnings)
-    }
-}
-
-/// The typed shape of the parts of a Deployment the rules read, with the
-/// k8s-openapi types (and required fields) of apps/v1.
-mod view {
-    use std::collections::BTreeMap;
-
-    use k8s_openapi::api::core::v1::{Affinity, TopologySpreadConstraint};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    pub struct Deployment {
-        #[serde(rename = "metadata")]
-        _metadata: Option<ObjectMeta>,
-        #[serde(rename = "spec")]
-        _spec: Option<DeploymentSpec>,
-    }
-
-    #[derive(Deserialize)]
-    struct DeploymentSpec {
-        #[serde(rename = "replicas")]
-        _replicas: Option<i32>,
-        #[serde(rename = "selector")]
-        _selector: LabelSelector,
-        #[serde(rename = "template")]
-        _template: PodTemplateSpec,
-    }
-
-    #[derive(Deserialize)]
-    struct PodTemplateSpec {
-        #[serde(rename = "metadata")]
-        _metadata: Option<ObjectMeta>,
-        #[serde(rename = "spec")]
-        _spec: Option<PodSpec>,
-    }
-
-    #[derive(Deserialize)]
-    struct PodSpec {
-        #[serde(rename = "topologySpreadConstraints")]
-        _topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
-        #[serde(rename = "affinity")]
-        _affinity: Option<Affinity>,
-        #[serde(rename = "nodeSelector")]
-        _node_selector: Option<BTreeMap<String, String>>,
+        verdict: Verdict::Patched {
+            patch: m.patch.into_patch(),
+            applied,
+        },
+        warnings: m.warnings.finish(),
+        skipped: None,
     }
 }
 
@@ -381,6 +212,7 @@ fn applied_value(obj: &Value, applied: &[Rule]) -> String {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
+        .take(Rule::ALL.len() * 2)
         .collect();
     for rule in applied {
         if !names.contains(&rule.name()) {
@@ -390,6 +222,9 @@ fn applied_value(obj: &Value, applied: &[Rule]) -> String {
     names.join(",")
 }
 
+/// Entries read from `zonewise.io/skip`: every rule name fits many times.
+const MAX_SKIP_ENTRIES: usize = 32;
+
 /// The `zonewise.io/skip` annotation: `"true"` or a comma list of rules.
 struct Skips {
     all: bool,
@@ -397,7 +232,7 @@ struct Skips {
 }
 
 impl Skips {
-    fn parse(obj: &Value, warnings: &mut Vec<String>) -> Skips {
+    fn parse(obj: &Value, warnings: &mut Warnings) -> Skips {
         let mut skips = Skips {
             all: false,
             rules: Vec::new(),
@@ -405,19 +240,30 @@ impl Skips {
         let Some(value) = object::annotation(obj, SKIP) else {
             return skips;
         };
-        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let mut items = value.split(',').map(str::trim).filter(|s| !s.is_empty());
+        for item in items.by_ref().take(MAX_SKIP_ENTRIES) {
             if item.eq_ignore_ascii_case("true") {
                 skips.all = true;
             } else if item.eq_ignore_ascii_case("false") {
             } else if let Some(rule) = Rule::parse(item) {
                 skips.rules.push(rule);
             } else {
+                let shown: String = item.chars().take(64).collect();
                 let known: Vec<&str> = Rule::ALL.iter().map(|r| r.name()).collect();
-                warnings.push(format!(
-                    "zonewise: {SKIP}: unknown rule {item:?} (known: true, {})",
-                    known.join(", ")
-                ));
+                warnings.push(
+                    Priority::Normal,
+                    format!(
+                        "zonewise: {SKIP}: unknown rule {shown:?} (known: true, {})",
+                        known.join(", ")
+                    ),
+                );
             }
+        }
+        if items.next().is_some() {
+            warnings.push(
+                Priority::Normal,
+                format!("zonewise: {SKIP}: only the first {MAX_SKIP_ENTRIES} entries are read"),
+            );
         }
         skips
     }
@@ -430,8 +276,10 @@ impl Skips {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::lookups::NoCluster;
-    use crate::rules::test_support::{annotated, deployment, service, with};
+    use crate::policy::Environment;
+    use crate::rules::test_support::{annotated, deployment, service, statefulset, with};
 
     fn request(kind: GroupVersionKind, op: Operation, obj: Value) -> AdmissionRequest {
         AdmissionRequest {
@@ -445,23 +293,21 @@ mod tests {
             object: Some(obj),
             old_object: None,
             complete: true,
+            oversized: false,
         }
     }
 
+    fn req_for(kind: Kind, obj: Value) -> AdmissionRequest {
+        let (g, v, k, _) = kind.api();
+        request(GroupVersionKind::new(g, v, k), Operation::Create, obj)
+    }
+
     fn svc_req(obj: Value) -> AdmissionRequest {
-        request(
-            GroupVersionKind::new("", "v1", "Service"),
-            Operation::Create,
-            obj,
-        )
+        req_for(Kind::Service, obj)
     }
 
     fn dep_req(obj: Value) -> AdmissionRequest {
-        request(
-            GroupVersionKind::new("apps", "v1", "Deployment"),
-            Operation::Create,
-            obj,
-        )
+        req_for(Kind::Deployment, obj)
     }
 
     fn run(req: &AdmissionRequest) -> Outcome {
@@ -470,7 +316,7 @@ mod tests {
 
     fn patched(req: &AdmissionRequest, out: &Outcome) -> Value {
         let mut obj = req.object.clone().unwrap();
-        json_patch::patch(&mut obj, out.patch.as_ref().unwrap()).unwrap();
+        json_patch::patch(&mut obj, out.patch().unwrap()).unwrap();
         obj
     }
 
@@ -478,35 +324,60 @@ mod tests {
     fn service_gets_routing_and_applied_annotation_and_converges() {
         let req = svc_req(service());
         let out = run(&req);
-        assert_eq!(out.decision(), Decision::Patched);
-        assert_eq!(out.applied, vec![Rule::ZoneRouting]);
+        assert_eq!(out.verdict.label(), "patched");
+        assert_eq!(out.applied(), [Rule::ZoneRouting]);
         let obj = patched(&req, &out);
         assert_eq!(obj["metadata"]["annotations"][APPLIED], "zone-routing");
         let again = run(&svc_req(obj));
-        assert_eq!(again.decision(), Decision::Allowed);
-        assert!(again.patch.is_none());
+        assert_eq!(again.verdict.label(), "allowed");
     }
 
     #[test]
     fn two_rules_share_one_annotations_parent() {
         let lb = with(service(), &["spec", "type"], json!("LoadBalancer"));
         let policy = Policy::new(
-            crate::config::Config::from_yaml("service: {routing: annotation}").unwrap(),
-            &Default::default(),
+            Config::from_yaml("service: {routing: annotation}").unwrap(),
+            &Environment::default(),
         );
         let req = svc_req(lb);
         let out = review(&req, &policy, &NoCluster, Endpoint::Mutate);
         let obj = patched(&req, &out);
         let ann = &obj["metadata"]["annotations"];
-        assert_eq!(ann[crate::rules::TOPOLOGY_MODE], "Auto");
-        assert_eq!(ann[lb_ip_target::NLB_TARGET_TYPE], "ip");
+        assert_eq!(ann[rules::TOPOLOGY_MODE], "Auto");
+        assert_eq!(ann[rules::lb_ip_target::NLB_TARGET_TYPE], "ip");
         assert_eq!(ann[APPLIED], "zone-routing,lb-ip-target");
     }
 
     #[test]
+    fn statefulsets_and_ingresses_go_through_their_rules() {
+        let req = req_for(
+            Kind::StatefulSet,
+            annotated(statefulset(), rules::CALLS, "orders"),
+        );
+        let out = run(&req);
+        assert_eq!(out.applied(), [Rule::ZoneSpread, Rule::CallAffinity]);
+        let ing = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "shop"}, "spec": {"ingressClassName": "alb"}});
+        let out = run(&req_for(Kind::Ingress, ing));
+        assert_eq!(out.applied(), [Rule::AlbIpTarget]);
+    }
+
+    #[test]
+    fn only_one_rule() {
+        let lb = with(service(), &["spec", "type"], json!("LoadBalancer"));
+        let out = review_only(
+            &svc_req(lb),
+            &Policy::default(),
+            &NoCluster,
+            Endpoint::Mutate,
+            Only::Rule(Rule::LbIpTarget),
+        );
+        assert_eq!(out.applied(), [Rule::LbIpTarget]);
+    }
+
+    #[test]
     fn applied_merges_with_existing_value() {
-        let dep = annotated(deployment(), APPLIED, "zone-routing");
-        let req = dep_req(dep);
+        let req = dep_req(annotated(deployment(), APPLIED, "zone-routing"));
         let obj = patched(&req, &run(&req));
         assert_eq!(
             obj["metadata"]["annotations"][APPLIED],
@@ -518,23 +389,21 @@ mod tests {
     fn skip_annotation() {
         let out = run(&dep_req(annotated(deployment(), SKIP, "true")));
         assert_eq!(
-            (out.decision(), out.skipped),
-            (Decision::Allowed, Some("skip annotation"))
+            (out.verdict.label(), out.skipped),
+            ("allowed", Some("skip annotation"))
         );
-
         let req = dep_req(annotated(
             annotated(deployment(), SKIP, "zone-spread, bogus"),
-            crate::rules::CALLS,
+            rules::CALLS,
             "orders",
         ));
         let out = run(&req);
-        assert_eq!(out.applied, vec![Rule::CallAffinity]);
+        assert_eq!(out.applied(), [Rule::CallAffinity]);
         assert!(
             out.warnings.iter().any(|w| w.contains("bogus")),
             "{:?}",
             out.warnings
         );
-
         let local = annotated(
             with(
                 service(),
@@ -544,7 +413,20 @@ mod tests {
             SKIP,
             "local-policy",
         );
-        assert_eq!(run(&svc_req(local)).decision(), Decision::Allowed);
+        assert_eq!(run(&svc_req(local)).verdict.label(), "allowed");
+    }
+
+    #[test]
+    fn a_huge_skip_list_costs_a_few_warnings() {
+        let value = vec!["a"; 500_000].join(",") + ",b," + &vec!["c"; 100].join(",");
+        let out = run(&dep_req(annotated(deployment(), SKIP, &value)));
+        assert_eq!(out.applied(), [Rule::ZoneSpread], "the rest still runs");
+        assert_eq!(out.warnings.len(), 2, "{:?}", out.warnings);
+        assert!(
+            out.warnings[1].contains("only the first 32"),
+            "{:?}",
+            out.warnings
+        );
     }
 
     #[test]
@@ -554,13 +436,12 @@ mod tests {
             &["spec", "internalTrafficPolicy"],
             json!("Local"),
         )));
-        assert_eq!(out.decision(), Decision::Denied);
-        assert!(out.patch.is_none());
-        assert!(
-            out.message
-                .unwrap()
-                .contains("internalTrafficPolicy: Local")
-        );
+        let Verdict::Denied { rule, message } = &out.verdict else {
+            panic!("denied")
+        };
+        assert_eq!(*rule, Rule::LocalPolicy);
+        assert!(message.contains("internalTrafficPolicy: Local"));
+        assert!(out.patch().is_none());
     }
 
     #[test]
@@ -570,45 +451,29 @@ mod tests {
             &["spec", "internalTrafficPolicy"],
             json!("Local"),
         );
-        // UPDATE turning Local is denied; UPDATE never mutates.
         let mut upd = svc_req(local.clone());
         upd.operation = Operation::Update;
         upd.old_object = Some(service());
-        assert_eq!(run(&upd).decision(), Decision::Denied);
+        assert_eq!(run(&upd).verdict.label(), "denied");
         upd.old_object = Some(local.clone());
-        assert_eq!(run(&upd).decision(), Decision::Allowed);
+        assert_eq!(run(&upd).verdict.label(), "allowed");
         let mut upd_plain = svc_req(service());
         upd_plain.operation = Operation::Update;
         upd_plain.old_object = Some(service());
-        assert!(run(&upd_plain).patch.is_none());
-
+        assert!(run(&upd_plain).patch().is_none());
+        let mut dep_update = dep_req(deployment());
+        dep_update.operation = Operation::Update;
+        assert_eq!(run(&dep_update).skipped, Some("operation not handled"));
         for op in [Operation::Delete, Operation::Connect] {
             let mut r = svc_req(local.clone());
             r.operation = op;
-            assert_eq!(run(&r).decision(), Decision::Allowed);
+            assert_eq!(run(&r).verdict.label(), "allowed");
         }
-        // /validate: local-policy only, never a patch.
-        let out = review(
-            &svc_req(service()),
-            &Policy::default(),
-            &NoCluster,
-            Endpoint::Validate,
-        );
-        assert!(out.patch.is_none());
-        let out = review(
-            &svc_req(local),
-            &Policy::default(),
-            &NoCluster,
-            Endpoint::Validate,
-        );
-        assert_eq!(out.decision(), Decision::Denied);
-        let out = review(
-            &dep_req(deployment()),
-            &Policy::default(),
-            &NoCluster,
-            Endpoint::Validate,
-        );
-        assert!(out.patch.is_none());
+        let validate =
+            |r: &AdmissionRequest| review(r, &Policy::default(), &NoCluster, Endpoint::Validate);
+        assert!(validate(&svc_req(service())).patch().is_none());
+        assert_eq!(validate(&svc_req(local)).verdict.label(), "denied");
+        assert!(validate(&dep_req(deployment())).patch().is_none());
     }
 
     #[test]
@@ -628,13 +493,21 @@ mod tests {
     }
 
     #[test]
-    fn unparsable_object_is_allowed_with_a_warning() {
+    fn unparsable_or_oversized_objects_are_allowed_with_a_warning() {
         let bad = with(deployment(), &["spec", "replicas"], json!("three"));
         let out = run(&dep_req(bad));
-        assert_eq!(out.decision(), Decision::Allowed);
-        assert!(out.patch.is_none());
+        assert_eq!(out.verdict.label(), "allowed");
         assert!(
             out.warnings[0].contains("does not parse"),
+            "{:?}",
+            out.warnings
+        );
+        let mut big = dep_req(deployment());
+        big.oversized = true;
+        let out = run(&big);
+        assert_eq!(out.skipped, Some("object too large"));
+        assert!(
+            out.warnings[0].contains("not reviewed"),
             "{:?}",
             out.warnings
         );
@@ -648,7 +521,6 @@ mod tests {
                             "namespace": "shop", "operation": "CREATE", "object": obj}}))
             .unwrap()
         };
-        // A bad selector is in a kept part: not parsed, no patch.
         let bad = with(
             deployment(),
             &["spec", "selector"],
@@ -658,11 +530,10 @@ mod tests {
         assert!(!req.complete);
         let out = run(&req);
         assert!(
-            out.patch.is_none() && out.warnings[0].contains("does not parse"),
+            out.patch().is_none() && out.warnings[0].contains("does not parse"),
             "{:?}",
             out.warnings
         );
-        // A missing template is too (apps/v1 requires it).
         let mut no_template = deployment();
         no_template["spec"]
             .as_object_mut()
@@ -670,17 +541,16 @@ mod tests {
             .remove("template");
         assert!(
             run(&crate::wire::decode(&body(no_template)).unwrap())
-                .patch
+                .patch()
                 .is_none()
         );
-        // The same patch as for the whole object otherwise.
         let sparse = run(&crate::wire::decode(&body(deployment())).unwrap());
         let full = run(
             &crate::wire::decode_with(&body(deployment()), crate::wire::Objects::Full).unwrap(),
         );
         assert_eq!(
-            serde_json::to_value(sparse.patch).unwrap(),
-            serde_json::to_value(full.patch).unwrap()
+            serde_json::to_value(sparse.patch()).unwrap(),
+            serde_json::to_value(full.patch()).unwrap()
         );
     }
 
@@ -691,8 +561,8 @@ mod tests {
         req.dry_run = true;
         let dry = run(&req);
         assert_eq!(
-            serde_json::to_value(wet.patch).unwrap(),
-            serde_json::to_value(dry.patch).unwrap()
+            serde_json::to_value(wet.patch()).unwrap(),
+            serde_json::to_value(dry.patch()).unwrap()
         );
     }
 }

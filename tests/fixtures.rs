@@ -4,24 +4,29 @@
 mod common;
 
 use common::{CASES, check_case, check_converged, decode_answer, fixture, fixtures_dir};
-use zonewise::config::Policy;
 use zonewise::lookups::NoCluster;
+use zonewise::policy::Policy;
 use zonewise::review::{Endpoint, review};
 use zonewise::wire;
 
-fn answer(body: &[u8]) -> common::Answer {
+fn answer_with(body: &[u8], policy: &Policy) -> common::Answer {
     let req = wire::decode(body).expect("fixture decodes");
-    let outcome = review(&req, &Policy::default(), &NoCluster, Endpoint::Mutate);
+    let outcome = review(&req, policy, &NoCluster, Endpoint::Mutate);
     decode_answer(&wire::encode(&req.uid, &outcome))
+}
+
+fn answer(body: &[u8]) -> common::Answer {
+    answer_with(body, &Policy::default())
 }
 
 #[test]
 fn every_fixture_gives_its_expected_answer() {
-    for case in CASES {
-        let body = fixture(case.name);
-        let a = answer(&body);
+    for case in CASES.iter() {
+        let policy = case.policy();
+        let body = fixture(&case.name);
+        let a = answer_with(&body, &policy);
         if let Some(again) = check_case(case, &body, &a) {
-            check_converged(case, &answer(&again));
+            check_converged(case, &answer_with(&again, &policy));
         }
     }
 }
@@ -31,8 +36,8 @@ fn every_fixture_gives_its_expected_answer() {
 fn fixtures_parse_as_kube_admission_reviews() {
     use kube::core::DynamicObject;
     use kube::core::admission::{AdmissionRequest, AdmissionReview};
-    for case in CASES {
-        let review: AdmissionReview<DynamicObject> = serde_json::from_slice(&fixture(case.name))
+    for case in CASES.iter() {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_slice(&fixture(&case.name))
             .unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let req: AdmissionRequest<DynamicObject> = review
             .try_into()
@@ -55,7 +60,7 @@ fn fixture_files_and_cases_match() {
     let mut cases: Vec<String> = CASES.iter().map(|c| c.name.to_string()).collect();
     cases.sort();
     assert_eq!(names, cases);
-    for case in CASES {
+    for case in CASES.iter() {
         let has_expected = fixtures_dir()
             .join(format!("{}.expected.json", case.name))
             .exists();

@@ -416,7 +416,7 @@ async fn logs_carry_no_object_content() {
     );
     // ...and in a Service that does not parse (its warning goes to the client).
     let mut svc: serde_json::Value = serde_json::from_slice(&fixture("svc-clusterip")).unwrap();
-    svc["request"]["object"]["spec"]["ports"] = serde_json::json!(secret);
+    svc["request"]["object"]["spec"]["selector"] = serde_json::json!(secret);
     assert!(
         !c.review(&serde_json::to_vec(&svc).unwrap())
             .await

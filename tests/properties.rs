@@ -13,8 +13,9 @@ use base64::Engine;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{Map, Value, json};
-use zonewise::config::{Config, Environment, Policy};
+use zonewise::config::Config;
 use zonewise::lookups::NoCluster;
+use zonewise::policy::{Environment, Policy};
 use zonewise::review::{Endpoint, review};
 use zonewise::wire::{self, Objects};
 

@@ -68,7 +68,13 @@ fn cargo_deny() -> &'static Path {
 /// `cargo deny` on `manifest` with the project's `deny.toml`.
 fn deny(manifest: &Path, checks: &[&str]) -> Output {
     Command::new(cargo_deny())
-        .args(["--color", "never", "--log-level", "error", "--manifest-path"])
+        .args([
+            "--color",
+            "never",
+            "--log-level",
+            "error",
+            "--manifest-path",
+        ])
         .arg(manifest)
         .arg("--config")
         .arg(repo().join("deny.toml"))
@@ -150,11 +156,8 @@ fn a_license_outside_the_allow_list_is_refused_even_inside_an_expression() {
 #[test]
 fn openssl_and_aws_lc_are_banned() {
     for banned in ["openssl-sys", "native-tls", "aws-lc-rs"] {
-        let p = Probe::new(
-            "MIT",
-            &format!("{banned} = {{ path = \"deps/{banned}\" }}"),
-        )
-        .dep(banned);
+        let p =
+            Probe::new("MIT", &format!("{banned} = {{ path = \"deps/{banned}\" }}")).dep(banned);
         let out = deny(&p.manifest(), &["bans"]);
         assert!(!out.status.success(), "{banned} admitted");
         assert!(stderr(&out).contains(banned), "{}", stderr(&out));

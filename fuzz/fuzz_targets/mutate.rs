@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zonewise::config::Policy;
+use zonewise::policy::Policy;
 use zonewise::mutate::{Output, run};
 
 fuzz_target!(|data: &[u8]| {

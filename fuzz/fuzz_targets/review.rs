@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zonewise::config::Policy;
+use zonewise::policy::Policy;
 use zonewise::lookups::NoCluster;
 use zonewise::review::{Endpoint, review};
 use zonewise::wire::{self, Objects};
@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
             Err(e) if e.to_string().contains("unicode code point") || e.to_string().contains("surrogate") => continue,
             Err(e) => panic!("a body that decodes sparsely decodes whole: {e}"),
         };
-        if let Some(patch) = &out.patch {
+        if let Some(patch) = out.patch() {
             assert_eq!(endpoint, Endpoint::Mutate, "/validate never patches");
             let mut obj = full.object.expect("a patch needs an object");
             json_patch::patch(&mut obj, patch).expect("the patch applies to the whole object");

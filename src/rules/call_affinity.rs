@@ -3,55 +3,101 @@
 //! Adds a preferred zone podAffinity term per callee, so chatty pairs share a
 //! zone when capacity allows. Preferred, not required: required affinity to
 //! pods that do not exist yet leaves the caller Pending. The one exception is
-//! a callee Service that is `internalTrafficPolicy: Local`: a caller on a
-//! node without a callee pod has its traffic dropped, so there the term is
-//! required on the node.
+//! a callee Service that is `internalTrafficPolicy: Local` and backed by a
+//! DaemonSet: a caller on a node without a callee pod has its traffic
+//! dropped, and a DaemonSet runs wherever it can, so there the term is
+//! required on the node. Any other Local callee (allowed by annotation) gets
+//! a preferred hostname term instead, since a required one would strand
+//! callers once the nodes with callee pods fill up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
+use k8s_openapi::api::core::v1::PodAffinity;
 use serde_json::{Map, Value, json};
 
-use super::{CALLS, Context, HOSTNAME_KEY, Mutation, ZONE_KEY};
+use super::{
+    Action, CALLS, Context, HOSTNAME_KEY, Kind, Mutation, POD_LABELS, Rule, RuleSpec, SKIP,
+    ZONE_KEY, read,
+};
 use crate::config::ObjectRef;
 use crate::lookups::Lookup;
 use crate::names;
 use crate::object;
 use crate::patch::PatchError;
+use crate::warnings::Priority;
 
 const POD_AFFINITY: [&str; 5] = ["spec", "template", "spec", "affinity", "podAffinity"];
+const TEMPLATE_ANNOTATIONS: [&str; 4] = ["spec", "template", "metadata", "annotations"];
 const PREFERRED: &str = "preferredDuringSchedulingIgnoredDuringExecution";
 const REQUIRED: &str = "requiredDuringSchedulingIgnoredDuringExecution";
+/// Callees per workload; a real call graph has a handful. The cap bounds
+/// the work (and the patch) a single hostile annotation can cause.
+pub const MAX_CALLEES: usize = 64;
 
-pub fn apply(dep: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(), PatchError> {
+pub const SPEC: RuleSpec = RuleSpec {
+    rule: Rule::CallAffinity,
+    kinds: &[Kind::Deployment, Kind::StatefulSet],
+    action: Action::Mutate(apply),
+    reads: &[POD_LABELS, read::<PodAffinity>(&POD_AFFINITY)],
+    reads_old: &[],
+};
+
+pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(), PatchError> {
     let cfg = &ctx.policy.config.deployment.call_affinity;
     if !cfg.enabled {
         return Ok(());
     }
-    let callees = callees(dep, ctx, &mut out.warnings);
+    for key in [CALLS, SKIP] {
+        if object::at(w, &TEMPLATE_ANNOTATIONS)
+            .and_then(|a| a.get(key))
+            .is_some()
+            && !object::has_annotation(w, key)
+        {
+            out.warn(
+                Priority::Normal,
+                format!(
+                    "zonewise: {key} is on the pod template of {}, where zonewise does not read \
+                     it; move it to the {}'s own metadata.annotations",
+                    ctx.describe(w),
+                    ctx.kind
+                ),
+            );
+        }
+    }
+    let callees = callees(w, ctx, out);
     if callees.is_empty() {
         return Ok(());
     }
-    let own_labels = object::object_at(dep, &["spec", "template", "metadata", "labels"]);
+    let own_labels = object::object_at(w, &["spec", "template", "metadata", "labels"]);
     for callee in callees {
-        let Some((selector, local)) = resolve(&callee, ctx, &mut out.warnings) else {
+        let Some((selector, topology)) = resolve(&callee, ctx, out) else {
             continue;
         };
-        if own_labels.is_some_and(|l| {
-            object::selector_matches(selector.iter().map(|(k, v)| (k.as_str(), v.as_str())), l)
-        }) {
+        if callee.namespace == ctx.namespace
+            && own_labels.is_some_and(|l| {
+                object::selector_matches(selector.iter().map(|(k, v)| (k.as_str(), v.as_str())), l)
+            })
+        {
             // Affinity to its own pods would pull every replica into one
             // zone, against zone-spread.
-            out.warnings.push(format!(
-                "zonewise: call-affinity: Service {callee} selects this Deployment's own pods; skipped"
-            ));
+            out.warn(
+                Priority::Normal,
+                format!(
+                    "zonewise: call-affinity: Service {callee} selects the pods of {} itself; skipped",
+                    ctx.describe(w)
+                ),
+            );
             continue;
         }
         let selector = json!({ "matchLabels": selector });
         let namespaces = (callee.namespace != ctx.namespace).then_some(callee.namespace.as_str());
-        let topology = if local { HOSTNAME_KEY } else { ZONE_KEY };
-        let term = affinity_term(&selector, topology, namespaces);
-
-        let list = if local { REQUIRED } else { PREFERRED };
+        let key = topology.key();
+        let term = affinity_term(&selector, key, namespaces);
+        let list = if topology == Topology::NodeRequired {
+            REQUIRED
+        } else {
+            PREFERRED
+        };
         let path = [
             POD_AFFINITY[0],
             POD_AFFINITY[1],
@@ -60,22 +106,18 @@ pub fn apply(dep: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(
             POD_AFFINITY[4],
             list,
         ];
-        let exists = object::array_at(dep, &path).iter().any(|t| {
-            let t = if local {
+        let exists = object::array_at(w, &path).iter().any(|t| {
+            let t = if list == REQUIRED {
                 Some(t)
             } else {
                 t.get("podAffinityTerm")
             };
-            t.is_some_and(|t| same_term(t, &selector, topology, namespaces, ctx.namespace))
+            t.is_some_and(|t| same_term(t, &selector, key, namespaces, ctx.namespace))
         });
         if exists {
             continue;
         }
-        if local {
-            out.warnings.push(format!(
-                "zonewise: call-affinity: Service {callee} is internalTrafficPolicy: Local, so this \
-                 Deployment's pods must run on nodes with one of its pods (required hostname affinity)"
-            ));
+        if list == REQUIRED {
             out.patch.push(&path, term)?;
         } else {
             out.patch.push(
@@ -88,29 +130,59 @@ pub fn apply(dep: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(
 }
 
 /// Callees from the `zonewise.io/calls` annotation, then the config call
-/// graph, without duplicates.
-fn callees(dep: &Value, ctx: &Context<'_>, warnings: &mut Vec<String>) -> Vec<ObjectRef> {
-    let mut out: Vec<ObjectRef> = Vec::new();
-    if let Some(calls) = object::annotation(dep, CALLS) {
+/// graph, without duplicates, at most [`MAX_CALLEES`].
+fn callees(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Vec<ObjectRef> {
+    let mut list: Vec<ObjectRef> = Vec::new();
+    let mut seen: HashSet<ObjectRef> = HashSet::new();
+    let mut over = 0usize;
+    let mut add = |r: ObjectRef, list: &mut Vec<ObjectRef>| {
+        if seen.contains(&r) {
+            return;
+        }
+        if list.len() == MAX_CALLEES {
+            over += 1;
+            return;
+        }
+        seen.insert(r.clone());
+        list.push(r);
+    };
+    if let Some(calls) = object::annotation(w, CALLS) {
         for entry in calls.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             match parse_callee(entry, ctx.namespace) {
-                Some(r) if !out.contains(&r) => out.push(r),
-                Some(_) => {}
-                None => warnings.push(format!(
-                    "zonewise: {CALLS}: {entry:?} is not a Service (name or name.namespace); ignored"
-                )),
+                Some(r) => add(r, &mut list),
+                None => out.warn(
+                    Priority::Normal,
+                    format!(
+                        "zonewise: {CALLS}: {} is not a Service (name or name.namespace); ignored",
+                        quoted(entry)
+                    ),
+                ),
             }
         }
     }
-    let name = object::str_at(dep, &["metadata", "name"]).unwrap_or("");
+    let name = object::str_at(w, &["metadata", "name"]).unwrap_or("");
     if !name.is_empty() {
         for r in ctx.policy.callees_of(&ObjectRef::new(ctx.namespace, name)) {
-            if !out.contains(r) {
-                out.push(r.clone());
-            }
+            add(r.clone(), &mut list);
         }
     }
-    out
+    if over > 0 {
+        out.warn(
+            Priority::Normal,
+            format!(
+                "zonewise: {} calls more than {MAX_CALLEES} Services; the {over} entries after the \
+                 first {MAX_CALLEES} get no affinity",
+                ctx.describe(w)
+            ),
+        );
+    }
+    list
+}
+
+/// A callee entry as warnings show it: quoted, and short.
+fn quoted(entry: &str) -> String {
+    let short: String = entry.chars().take(64).collect();
+    format!("{short:?}")
 }
 
 /// `name`, `name.namespace`, or a cluster DNS name `name.namespace.svc[...]`.
@@ -127,39 +199,92 @@ fn parse_callee(entry: &str, own_namespace: &str) -> Option<ObjectRef> {
         .then(|| ObjectRef::new(namespace, name))
 }
 
-/// The callee's pod selector and whether it is Local: from the cluster
-/// cache, else the config, else `{fallbackLabel: name}` with a warning.
+/// Where a caller should run relative to a callee's pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// Preferably in the same zone.
+    Zone,
+    /// Preferably on the same node (a Local callee that may not be on every
+    /// node).
+    NodePreferred,
+    /// Only on a node with a callee pod (a Local callee on every node).
+    NodeRequired,
+}
+
+impl Topology {
+    fn key(self) -> &'static str {
+        match self {
+            Topology::Zone => ZONE_KEY,
+            Topology::NodePreferred | Topology::NodeRequired => HOSTNAME_KEY,
+        }
+    }
+}
+
+/// The callee's pod selector and where to run relative to it: from the
+/// cluster cache, else the config, else `{fallbackLabel: name}` with a
+/// warning.
 fn resolve(
     callee: &ObjectRef,
     ctx: &Context<'_>,
-    warnings: &mut Vec<String>,
-) -> Option<(BTreeMap<String, String>, bool)> {
+    out: &mut Mutation<'_>,
+) -> Option<(BTreeMap<String, String>, Topology)> {
     let why = match ctx.lookups.service(callee) {
         Lookup::Found(facts) => {
-            return match facts.selector {
-                Some(sel) if !sel.is_empty() => Some((sel, facts.local)),
+            let Some(sel) = facts.selector.filter(|s| !s.is_empty()) else {
+                out.warn(
+                    Priority::Normal,
+                    format!("zonewise: call-affinity: Service {callee} has no selector; skipped"),
+                );
+                return None;
+            };
+            if !facts.local {
+                return Some((sel, Topology::Zone));
+            }
+            let pairs: Vec<(&str, &str)> =
+                sel.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let topology = match ctx.lookups.daemonset_matching(&callee.namespace, &pairs) {
+                Lookup::Found(_) => {
+                    out.warn(
+                        Priority::Normal,
+                        format!(
+                            "zonewise: call-affinity: Service {callee} is internalTrafficPolicy: \
+                             Local on a DaemonSet, so these pods may only run on nodes with one of \
+                             its pods (required hostname affinity)"
+                        ),
+                    );
+                    Topology::NodeRequired
+                }
                 _ => {
-                    warnings.push(format!(
-                        "zonewise: call-affinity: Service {callee} has no selector; skipped"
-                    ));
-                    None
+                    out.warn(
+                        Priority::High,
+                        format!(
+                            "zonewise: call-affinity: Service {callee} is internalTrafficPolicy: \
+                             Local but not on every node; traffic from pods on nodes without one \
+                             is dropped, so they prefer its nodes (a required term could strand them)"
+                        ),
+                    );
+                    Topology::NodePreferred
                 }
             };
+            return Some((sel, topology));
         }
         Lookup::NotFound => "not found in the cluster",
         Lookup::Unavailable(reason) => reason,
     };
     if let Some(sel) = ctx.policy.declared_selector(callee) {
-        return Some((sel.clone(), false));
+        return Some((sel.clone(), Topology::Zone));
     }
     let label = &ctx.policy.config.deployment.call_affinity.fallback_label;
-    warnings.push(format!(
-        "zonewise: call-affinity: selector of Service {callee} unknown ({why}); assumed {label}={}",
-        callee.name
-    ));
+    out.warn(
+        Priority::Low,
+        format!(
+            "zonewise: call-affinity: selector of Service {callee} unknown ({why}); assumed {label}={}",
+            callee.name
+        ),
+    );
     Some((
         BTreeMap::from([(label.clone(), callee.name.clone())]),
-        false,
+        Topology::Zone,
     ))
 }
 
@@ -174,8 +299,8 @@ fn affinity_term(selector: &Value, topology: &str, namespaces: Option<&str>) -> 
 }
 
 /// Whether an existing PodAffinityTerm already says what ours would: same
-/// topology, same label selector, same namespaces (absent or empty means the
-/// Deployment's own), no namespaceSelector widening it.
+/// topology, an equivalent label selector, same namespaces (absent or empty
+/// means the workload's own), no namespaceSelector widening it.
 fn same_term(
     existing: &Value,
     selector: &Value,
@@ -184,8 +309,10 @@ fn same_term(
     own_namespace: &str,
 ) -> bool {
     if existing.get("topologyKey").and_then(Value::as_str) != Some(topology)
-        || existing.get("labelSelector") != Some(selector)
         || object::at(existing, &["namespaceSelector"]).is_some()
+        || existing
+            .get("labelSelector")
+            .is_none_or(|s| requirements(s) != requirements(selector))
     {
         return false;
     }
@@ -201,24 +328,53 @@ fn same_term(
     theirs == [namespaces.unwrap_or(own_namespace)]
 }
 
+/// A label selector as a canonical set of requirements, so that
+/// `matchLabels: {app: api}` and `matchExpressions: [{app In [api]}]` (the
+/// same selector to the API server) compare equal. `None` for a selector
+/// that is not well-formed, which equals nothing.
+fn requirements(selector: &Value) -> Option<Vec<(String, String, Vec<String>)>> {
+    let mut out = Vec::new();
+    for (k, v) in object::object_at(selector, &["matchLabels"])
+        .into_iter()
+        .flatten()
+    {
+        out.push((k.clone(), "In".to_string(), vec![v.as_str()?.to_string()]));
+    }
+    for e in object::array_at(selector, &["matchExpressions"]) {
+        let key = e.get("key")?.as_str()?.to_string();
+        let op = e.get("operator")?.as_str()?.to_string();
+        let mut values: Vec<String> = object::array_at(e, &["values"])
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()?;
+        values.sort_unstable();
+        values.dedup();
+        out.push((key, op, values));
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Policy;
-    use crate::lookups::{InMemory, Lookups, ServiceFacts};
+    use crate::lookups::{DaemonSetEntry, DaemonSetFacts, InMemory, Lookups, ServiceFacts};
+    use crate::policy::Policy;
     use crate::rules::test_support::*;
 
     fn calls(v: &str) -> Value {
         annotated(deployment(), CALLS, v)
     }
 
-    fn run_with(
-        dep: &Value,
-        policy: &Policy,
-        lookups: &dyn Lookups,
-    ) -> (Value, Vec<String>, usize) {
-        let ctx = ctx(policy, lookups);
-        run(dep, |o, m| apply(o, &ctx, m))
+    fn run_with(w: &Value, policy: &Policy, lookups: &dyn Lookups) -> (Value, Vec<String>, usize) {
+        let kind = if w["kind"] == "StatefulSet" {
+            Kind::StatefulSet
+        } else {
+            Kind::Deployment
+        };
+        let ctx = ctx(kind, policy, lookups);
+        run(w, |o, m| apply(o, &ctx, m))
     }
 
     fn preferred(v: &Value) -> &Vec<Value> {
@@ -255,6 +411,16 @@ mod tests {
     }
 
     #[test]
+    fn statefulsets_get_the_same_terms() {
+        let sts = annotated(statefulset(), CALLS, "orders");
+        let (out, _, _) = run_with(&sts, &policy(""), NO_CLUSTER);
+        assert_eq!(
+            preferred(&out)[0]["podAffinityTerm"]["topologyKey"],
+            ZONE_KEY
+        );
+    }
+
+    #[test]
     fn cross_namespace_callee_gets_namespaces() {
         let (out, _, _) = run_with(&calls("payments.billing"), &policy(""), NO_CLUSTER);
         let term = &preferred(&out)[0]["podAffinityTerm"];
@@ -263,13 +429,31 @@ mod tests {
             term["labelSelector"],
             json!({"matchLabels": {"app": "payments"}})
         );
-        // A cluster DNS name means the same.
         let (out2, _, _) = run_with(
             &calls("payments.billing.svc.cluster.local"),
             &policy(""),
             NO_CLUSTER,
         );
         assert_eq!(preferred(&out2), preferred(&out));
+    }
+
+    #[test]
+    fn a_callee_with_the_callers_name_elsewhere_is_not_a_self_call() {
+        // shop/web calling web.billing: another Service, same fallback label.
+        let (out, warnings, _) = run_with(&calls("web.billing"), &policy(""), NO_CLUSTER);
+        let term = &preferred(&out)[0]["podAffinityTerm"];
+        assert_eq!(term["namespaces"], json!(["billing"]));
+        assert!(
+            !warnings.iter().any(|w| w.contains("itself")),
+            "{warnings:?}"
+        );
+        // shop/web calling web (shop): its own pods.
+        let (_, warnings, ops) = run_with(&calls("web"), &policy(""), NO_CLUSTER);
+        assert_eq!(ops, 0);
+        assert!(
+            warnings.iter().any(|w| w.contains("itself")),
+            "{warnings:?}"
+        );
     }
 
     #[test]
@@ -302,16 +486,32 @@ serviceSelectors:
         );
     }
 
-    #[test]
-    fn cluster_selector_wins_and_local_callee_is_required_on_hostname() {
-        let lookups = InMemory::default()
+    fn node_cache(ds: bool) -> InMemory {
+        let m = InMemory::default()
             .with_service(
                 "shop",
                 "orders",
                 facts(&[("app.kubernetes.io/name", "orders")], false),
             )
             .with_service("shop", "cache", facts(&[("app", "node-cache")], true));
-        let (out, warnings, _) = run_with(&calls("orders,cache"), &policy(""), &lookups);
+        if !ds {
+            return m;
+        }
+        m.with_daemonset(
+            "shop",
+            DaemonSetEntry {
+                labels: [("app".to_string(), "node-cache".to_string())].into(),
+                facts: DaemonSetFacts {
+                    name: "node-cache".into(),
+                    restricted: false,
+                },
+            },
+        )
+    }
+
+    #[test]
+    fn a_local_callee_on_a_daemonset_is_required_on_the_node() {
+        let (out, warnings, _) = run_with(&calls("orders,cache"), &policy(""), &node_cache(true));
         assert_eq!(
             preferred(&out)[0]["podAffinityTerm"]["labelSelector"],
             json!({"matchLabels": {"app.kubernetes.io/name": "orders"}})
@@ -321,7 +521,21 @@ serviceSelectors:
             json!([{"labelSelector": {"matchLabels": {"app": "node-cache"}}, "topologyKey": HOSTNAME_KEY}])
         );
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("Local"), "{warnings:?}");
+        assert!(warnings[0].contains("DaemonSet"), "{warnings:?}");
+    }
+
+    #[test]
+    fn any_other_local_callee_is_preferred_on_the_node_with_a_warning() {
+        let (out, warnings, _) = run_with(&calls("cache"), &policy(""), &node_cache(false));
+        let aff = &out["spec"]["template"]["spec"]["affinity"]["podAffinity"];
+        assert!(aff.get(REQUIRED).is_none(), "{aff}");
+        assert_eq!(
+            preferred(&out),
+            &vec![json!({"weight": 100, "podAffinityTerm": {
+                "labelSelector": {"matchLabels": {"app": "node-cache"}},
+                "topologyKey": HOSTNAME_KEY}})]
+        );
+        assert!(warnings[0].contains("dropped"), "{warnings:?}");
     }
 
     #[test]
@@ -372,13 +586,75 @@ serviceSelectors:
     }
 
     #[test]
-    fn invalid_entries_warn_and_self_calls_are_skipped() {
-        let (out, warnings, ops) =
-            run_with(&calls("Orders!, a.b.c.d, web"), &policy(""), NO_CLUSTER);
-        assert_eq!(ops, 0, "{out}");
-        // Two bad entries, the guessed selector for `web`, and the self-call.
-        assert_eq!(warnings.len(), 4, "{warnings:?}");
-        assert!(warnings[3].contains("own pods"), "{warnings:?}");
+    fn a_single_value_in_expression_equals_match_labels() {
+        let existing = json!({"podAffinity": {PREFERRED: [{"weight": 5, "podAffinityTerm": {
+            "labelSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["orders"]}]},
+            "topologyKey": ZONE_KEY}}]}});
+        let dep = with(
+            calls("orders"),
+            &["spec", "template", "spec", "affinity"],
+            existing,
+        );
+        assert_eq!(run_with(&dep, &policy(""), NO_CLUSTER).2, 0);
+        // A wider expression is not the same selector.
+        let wider = json!({"podAffinity": {PREFERRED: [{"weight": 5, "podAffinityTerm": {
+            "labelSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["orders", "x"]}]},
+            "topologyKey": ZONE_KEY}}]}});
+        let dep = with(
+            calls("orders"),
+            &["spec", "template", "spec", "affinity"],
+            wider,
+        );
+        assert_eq!(run_with(&dep, &policy(""), NO_CLUSTER).2, 1);
+    }
+
+    #[test]
+    fn annotations_on_the_pod_template_are_pointed_out() {
+        let dep = with(
+            deployment(),
+            &TEMPLATE_ANNOTATIONS,
+            json!({CALLS: "orders", SKIP: "zone-spread"}),
+        );
+        let (_, warnings, ops) = run_with(&dep, &policy(""), NO_CLUSTER);
+        assert_eq!(ops, 0, "read only from the workload's metadata");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings.iter().all(|w| w.contains("pod template")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_entries_warn() {
+        let (_, warnings, ops) = run_with(&calls("Orders!, a.b.c.d"), &policy(""), NO_CLUSTER);
+        assert_eq!(ops, 0);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+    }
+
+    #[test]
+    fn thousands_of_callees_are_capped_and_deduplicated_in_linear_time() {
+        // Each name twice: duplicates are dropped before the cap counts.
+        let many: Vec<String> = (0..80_000).map(|i| format!("svc-{}", i % 40_000)).collect();
+        let dep = calls(&many.join(","));
+        let (out, warnings, _) = run_with(&dep, &policy(""), NO_CLUSTER);
+        assert_eq!(preferred(&out).len(), MAX_CALLEES);
+        let names: Vec<&str> = preferred(&out)
+            .iter()
+            .map(|t| {
+                t["podAffinityTerm"]["labelSelector"]["matchLabels"]["app"]
+                    .as_str()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(names[..3], ["svc-0", "svc-1", "svc-2"]);
+        assert!(
+            warnings.iter().any(|w| w.contains(&format!(
+                "the {} entries after the first {MAX_CALLEES}",
+                80_000 - 2 * MAX_CALLEES
+            ))),
+            "{:?}",
+            warnings.iter().take(3).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -3,28 +3,56 @@
 //! Sets either `spec.trafficDistribution` or the
 //! `service.kubernetes.io/topology-mode: Auto` annotation, never both: the
 //! annotation takes precedence in the EndpointSlice controller, so setting
-//! both would silently change which mechanism is in charge.
+//! both would silently change which mechanism is in charge. Which one, and
+//! which value, follows the API server's version
+//! ([`crate::versions::resolve_routing`]): a patch of zonewise's never
+//! makes the API server reject the object or warn about it.
 
 use serde_json::{Value, json};
 
-use super::{Mutation, TOPOLOGY_MODE, has_selector, has_topology_setting, is_local, service_type};
-use crate::config::RoutingMode;
-use crate::object;
+use super::{
+    Action, Context, Kind, Mutation, Rule, RuleSpec, SERVICE_SHAPE, TOPOLOGY_MODE,
+    TRAFFIC_DISTRIBUTION, has_selector, has_topology_setting, is_headless, is_local, service_type,
+};
 use crate::patch::PatchError;
+use crate::versions::RoutingMode;
+use crate::warnings::Priority;
 
-pub fn apply(svc: &Value, mode: RoutingMode, out: &mut Mutation<'_>) -> Result<(), PatchError> {
-    if mode == RoutingMode::Off || !eligible(svc) {
+pub const SPEC: RuleSpec = RuleSpec {
+    rule: Rule::ZoneRouting,
+    kinds: &[Kind::Service],
+    action: Action::Mutate(apply),
+    reads: &[
+        SERVICE_SHAPE[0],
+        SERVICE_SHAPE[1],
+        SERVICE_SHAPE[2],
+        SERVICE_SHAPE[3],
+        SERVICE_SHAPE[4],
+        TRAFFIC_DISTRIBUTION,
+    ],
+    reads_old: &[],
+};
+
+pub fn apply(svc: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(), PatchError> {
+    let routing = &ctx.policy.routing;
+    if routing.mode == RoutingMode::Off || !eligible(svc) {
         return Ok(());
     }
-    match mode {
+    match routing.mode {
         RoutingMode::Field(value) => out
             .patch
-            .set(&["spec", "trafficDistribution"], json!(value)),
+            .set(&["spec", "trafficDistribution"], json!(value))?,
         RoutingMode::Annotation => out
             .patch
-            .set(&["metadata", "annotations", TOPOLOGY_MODE], json!("Auto")),
-        RoutingMode::Off => Ok(()),
+            .set(&["metadata", "annotations", TOPOLOGY_MODE], json!("Auto"))?,
+        RoutingMode::Off => {}
     }
+    if routing.substituted
+        && let Some(note) = routing.note()
+    {
+        out.warn(Priority::High, format!("zonewise: {note}"));
+    }
+    Ok(())
 }
 
 /// Routing only matters for Services kube-proxy load-balances over
@@ -37,62 +65,95 @@ fn eligible(svc: &Value) -> bool {
         && !has_topology_setting(svc)
 }
 
-/// `clusterIP: None` (or `clusterIPs: [None]`): DNS returns pod IPs and
-/// kube-proxy is not involved, so there is nothing to route.
-fn is_headless(svc: &Value) -> bool {
-    object::str_at(svc, &["spec", "clusterIP"]) == Some("None")
-        || object::array_at(svc, &["spec", "clusterIPs"])
-            .first()
-            .and_then(Value::as_str)
-            == Some("None")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Environment;
+    use crate::rules::TOPOLOGY_HINTS;
     use crate::rules::test_support::*;
-    use crate::rules::{TOPOLOGY_HINTS, is_local};
+    use crate::versions::KubeVersion;
 
-    const PREFER_CLOSE: RoutingMode = RoutingMode::Field("PreferClose");
-
-    fn run_mode(svc: &Value, mode: RoutingMode) -> (Value, usize) {
-        let (out, warnings, ops) = run(svc, |o, m| apply(o, mode, m));
-        assert!(warnings.is_empty());
-        (out, ops)
+    fn run_yaml(svc: &Value, yaml: &str, minor: Option<u32>) -> (Value, Vec<String>, usize) {
+        let env = Environment {
+            version_flag: minor.map(|m| KubeVersion::new(1, m)),
+            ..Environment::default()
+        };
+        let p = policy_for(yaml, env);
+        let c = ctx(Kind::Service, &p, NO_CLUSTER);
+        run(svc, |o, m| apply(o, &c, m))
     }
 
     #[test]
-    fn sets_traffic_distribution_on_plain_service() {
-        let (out, ops) = run_mode(&service(), PREFER_CLOSE);
+    fn default_is_prefer_close_without_a_version() {
+        let (out, warnings, ops) = run_yaml(&service(), "", None);
         assert_eq!(ops, 1);
         assert_eq!(out["spec"]["trafficDistribution"], "PreferClose");
         assert!(out["metadata"].get("annotations").is_none());
+        assert!(warnings.is_empty());
     }
 
     #[test]
-    fn prefer_same_zone_and_annotation_modes() {
-        let (out, _) = run_mode(&service(), RoutingMode::Field("PreferSameZone"));
-        assert_eq!(out["spec"]["trafficDistribution"], "PreferSameZone");
+    fn auto_follows_the_version_and_never_warns() {
+        for (minor, field, annotation) in [
+            (29, None, Some("Auto")),
+            (30, None, Some("Auto")),
+            (31, Some("PreferClose"), None),
+            (33, Some("PreferClose"), None),
+            (34, Some("PreferSameZone"), None),
+            (36, Some("PreferSameZone"), None),
+        ] {
+            let (out, warnings, _) = run_yaml(&service(), "service: {routing: auto}", Some(minor));
+            assert_eq!(
+                out["spec"]["trafficDistribution"].as_str(),
+                field,
+                "1.{minor}"
+            );
+            assert_eq!(
+                out["metadata"]["annotations"][TOPOLOGY_MODE].as_str(),
+                annotation,
+                "1.{minor}: never both"
+            );
+            assert!(warnings.is_empty(), "1.{minor}: {warnings:?}");
+        }
+    }
 
-        let (out, ops) = run_mode(&service(), RoutingMode::Annotation);
+    #[test]
+    fn a_value_the_server_rejects_is_replaced_with_a_warning() {
+        let (out, warnings, _) =
+            run_yaml(&service(), "service: {routing: PreferSameZone}", Some(33));
+        assert_eq!(out["spec"]["trafficDistribution"], "PreferClose");
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("not accepted by Kubernetes 1.33"),
+            "{warnings:?}"
+        );
+        let (out, warnings, _) = run_yaml(&service(), "service: {routing: PreferClose}", Some(30));
+        assert_eq!(out["metadata"]["annotations"][TOPOLOGY_MODE], "Auto");
+        assert!(out["spec"].get("trafficDistribution").is_none());
+        assert_eq!(warnings.len(), 1);
+        // Kept as asked on 1.35+ (deprecated, which check-config says).
+        let (out, warnings, _) = run_yaml(&service(), "service: {routing: PreferClose}", Some(36));
+        assert_eq!(out["spec"]["trafficDistribution"], "PreferClose");
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn annotation_mode_and_off() {
+        let (out, _, ops) = run_yaml(&service(), "service: {routing: annotation}", Some(36));
         assert_eq!(ops, 2, "annotations object created, then the key");
         assert_eq!(out["metadata"]["annotations"][TOPOLOGY_MODE], "Auto");
         assert!(
             out["spec"].get("trafficDistribution").is_none(),
             "never both"
         );
-    }
-
-    #[test]
-    fn off_does_nothing() {
-        assert_eq!(run_mode(&service(), RoutingMode::Off).1, 0);
+        assert_eq!(run_yaml(&service(), "service: {routing: off}", None).2, 0);
     }
 
     #[test]
     fn every_service_type_that_kube_proxy_routes() {
         for ty in ["ClusterIP", "NodePort", "LoadBalancer"] {
             let svc = with(service(), &["spec", "type"], json!(ty));
-            assert_eq!(run_mode(&svc, PREFER_CLOSE).1, 1, "{ty}");
+            assert_eq!(run_yaml(&svc, "", None).2, 1, "{ty}");
         }
     }
 
@@ -145,18 +206,10 @@ mod tests {
             ),
         ];
         for (why, svc) in cases {
-            for mode in [PREFER_CLOSE, RoutingMode::Annotation] {
-                let mut m = Mutation::new(&svc);
-                apply(&svc, mode, &mut m).unwrap();
-                assert!(m.patch.is_empty(), "{why}: {:?}", m.patch.ops());
+            for yaml in ["", "service: {routing: annotation}"] {
+                assert_eq!(run_yaml(&svc, yaml, Some(34)).2, 0, "{why}");
             }
         }
-        // Sanity: the Local case really is Local.
-        assert!(is_local(&with(
-            service(),
-            &["spec", "internalTrafficPolicy"],
-            json!("Local")
-        )));
     }
 
     #[test]
@@ -166,16 +219,16 @@ mod tests {
             &["spec", "internalTrafficPolicy"],
             json!("Cluster"),
         );
-        assert_eq!(run_mode(&svc, PREFER_CLOSE).1, 1);
+        assert_eq!(run_yaml(&svc, "", None).2, 1);
         let svc = with(service(), &["spec", "trafficDistribution"], Value::Null);
-        let (out, _) = run_mode(&svc, PREFER_CLOSE);
+        let (out, _, _) = run_yaml(&svc, "", None);
         assert_eq!(out["spec"]["trafficDistribution"], "PreferClose");
     }
 
     #[test]
     fn existing_annotations_are_kept() {
         let svc = annotated(service(), "team", "payments");
-        let (out, ops) = run_mode(&svc, RoutingMode::Annotation);
+        let (out, _, ops) = run_yaml(&svc, "service: {routing: annotation}", None);
         assert_eq!(ops, 1);
         assert_eq!(out["metadata"]["annotations"]["team"], "payments");
     }

@@ -1,36 +1,85 @@
-//! `zone-spread`: spread a Deployment's replicas over zones (and nodes), so
+//! `zone-spread`: spread a workload's replicas over zones (and nodes), so
 //! every zone has local endpoints for zone-aware routing to prefer.
 //!
 //! Any explicit constraint switches off the scheduler's default spreading
 //! (which covers both hostname and zone), so adding only a zone constraint
 //! would quietly lose node spreading; hence the hostname twin.
+//!
+//! The zones a pod template may use follow from its nodeSelector and its
+//! required node affinity: a template that can only use one zone is left
+//! alone, and `minDomains` is never above the number of zones it can use
+//! (a higher one would leave pods Pending beyond `maxSkew` per zone).
+//!
+//! Also here, because it is about the same replicas: when the cluster's
+//! zones are known, a workload with fewer replicas than zones (or, under
+//! `trafficDistribution`, not a multiple of them) is admitted with a
+//! warning, since some zone then has fewer local endpoints than clients.
 
 use std::collections::BTreeSet;
 
+use k8s_openapi::api::core::v1::{NodeAffinity, TopologySpreadConstraint};
 use serde_json::{Map, Value, json};
 
-use super::{HOSTNAME_KEY, LEGACY_ZONE_KEY, Mutation, ZONE_KEY};
-use crate::config::{WhenUnsatisfiable, ZoneSpreadConfig};
+use super::{
+    Action, Context, HOSTNAME_KEY, Kind, LEGACY_ZONE_KEY, Mutation, Rule, RuleSpec, SELECTOR,
+    StringMap, ZONE_KEY, read,
+};
+use crate::config::WhenUnsatisfiable;
 use crate::object;
 use crate::patch::PatchError;
+use crate::versions::RoutingMode;
+use crate::warnings::Priority;
 
 const POD_SPEC: [&str; 3] = ["spec", "template", "spec"];
 const CONSTRAINTS: [&str; 4] = ["spec", "template", "spec", "topologySpreadConstraints"];
+const NODE_SELECTOR: [&str; 4] = ["spec", "template", "spec", "nodeSelector"];
+const NODE_AFFINITY: [&str; 5] = ["spec", "template", "spec", "affinity", "nodeAffinity"];
+/// Deployment pods carry it; StatefulSet pods do not.
+const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-pub fn apply(
-    dep: &Value,
-    cfg: &ZoneSpreadConfig,
-    out: &mut Mutation<'_>,
-) -> Result<(), PatchError> {
-    if !cfg.enabled || pins_single_zone(dep) {
+pub const SPEC: RuleSpec = RuleSpec {
+    rule: Rule::ZoneSpread,
+    kinds: &[Kind::Deployment, Kind::StatefulSet],
+    action: Action::Mutate(apply),
+    reads: &[
+        SELECTOR,
+        read::<i32>(&["spec", "replicas"]),
+        read::<Vec<TopologySpreadConstraint>>(&CONSTRAINTS),
+        read::<StringMap>(&NODE_SELECTOR),
+        read::<NodeAffinity>(&NODE_AFFINITY),
+        // Whether `replicas` was declared or defaulted (see `declared_replicas`).
+        read::<String>(&["metadata", "managedFields", "*", "operation"]),
+        read::<Value>(&[
+            "metadata",
+            "managedFields",
+            "*",
+            "fieldsV1",
+            "f:spec",
+            "f:replicas",
+        ]),
+    ],
+    reads_old: &[],
+};
+
+pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(), PatchError> {
+    let cfg = &ctx.policy.config.deployment.zone_spread;
+    if !cfg.enabled {
         return Ok(());
     }
+    let allowed = allowed_zones(w);
+    let usable = usable_zone_count(&allowed, ctx.policy.zones.as_ref());
+    if matches!(allowed, Zones::None) || usable == Some(0) || usable == Some(1) {
+        // Pinned to one zone (or none): spreading over zones is impossible.
+        return Ok(());
+    }
+    warn_capacity(w, ctx, usable, out);
     // apps/v1 requires a selector; without one the typed check has already
     // rejected the object, so this only guards against misuse.
-    let Some(selector) = object::at(dep, &["spec", "selector"]) else {
+    let Some(selector) = object::at(w, &["spec", "selector"]) else {
         return Ok(());
     };
-    let existing = object::array_at(dep, &CONSTRAINTS);
+    let existing = object::array_at(w, &CONSTRAINTS);
     let has_key = |keys: &[&str]| {
         existing.iter().any(|c| {
             c.get("topologyKey")
@@ -40,13 +89,15 @@ pub fn apply(
     };
 
     // The API server rejects a key that is both in matchLabelKeys and in the
-    // labelSelector, so keys the Deployment already selects on are dropped.
+    // labelSelector, so keys the workload already selects on are dropped;
+    // and a key its pods never carry would match nothing.
     let selector_keys = selector_keys(selector);
     let match_label_keys: Vec<&str> = cfg
         .match_label_keys
         .iter()
         .map(String::as_str)
         .filter(|k| !selector_keys.contains(k))
+        .filter(|k| ctx.kind == Kind::Deployment || *k != POD_TEMPLATE_HASH)
         .collect();
 
     if !has_key(&[ZONE_KEY, LEGACY_ZONE_KEY]) {
@@ -60,7 +111,11 @@ pub fn apply(
         if let (WhenUnsatisfiable::DoNotSchedule, Some(min)) =
             (cfg.when_unsatisfiable, cfg.min_domains)
         {
-            c.insert("minDomains".into(), json!(min));
+            let min = usable.map_or(min, |n| min.min(i32::try_from(n).unwrap_or(i32::MAX)));
+            // minDomains 1 is every template's floor anyway.
+            if min > 1 {
+                c.insert("minDomains".into(), json!(min));
+            }
         }
         out.patch.push(&CONSTRAINTS, Value::Object(c))?;
     }
@@ -107,59 +162,189 @@ fn selector_keys(selector: &Value) -> BTreeSet<&str> {
     labels.chain(exprs).collect()
 }
 
-/// True when the pod template can only ever run in one zone: a zone
-/// nodeSelector, or required node affinity whose every term allows exactly
-/// the same single zone. Spreading such pods over zones is impossible.
-pub fn pins_single_zone(dep: &Value) -> bool {
+// ------------------------------------------------------------ allowed zones
+
+/// The zones a pod template may be scheduled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Zones {
+    /// Any zone.
+    Any,
+    /// Only these.
+    Only(BTreeSet<String>),
+    /// Any zone but these.
+    Except(BTreeSet<String>),
+    /// No node can match (an empty required term, or contradictions).
+    None,
+}
+
+impl Zones {
+    fn and(self, other: Zones) -> Zones {
+        use Zones::*;
+        match (self, other) {
+            (None, _) | (_, None) => None,
+            (Any, z) | (z, Any) => z,
+            (Only(a), Only(b)) => Only(&a & &b).nonempty(),
+            (Only(a), Except(b)) | (Except(b), Only(a)) => Only(&a - &b).nonempty(),
+            (Except(a), Except(b)) => Except(&a | &b),
+        }
+    }
+
+    fn or(self, other: Zones) -> Zones {
+        use Zones::*;
+        match (self, other) {
+            (None, z) | (z, None) => z,
+            (Any, _) | (_, Any) => Any,
+            (Only(a), Only(b)) => Only(&a | &b),
+            (Only(a), Except(b)) | (Except(b), Only(a)) => Except(&b - &a).any_if_empty(),
+            (Except(a), Except(b)) => Except(&a & &b).any_if_empty(),
+        }
+    }
+
+    fn nonempty(self) -> Zones {
+        match self {
+            Zones::Only(s) if s.is_empty() => Zones::None,
+            z => z,
+        }
+    }
+
+    fn any_if_empty(self) -> Zones {
+        match self {
+            Zones::Except(s) if s.is_empty() => Zones::Any,
+            z => z,
+        }
+    }
+}
+
+/// The zones allowed by the template's nodeSelector and required node
+/// affinity: terms are ORed, expressions in a term ANDed; a term with no
+/// expressions and no fields matches nothing; `In`, `NotIn`, `Exists` and
+/// `DoesNotExist` on the zone keys restrict the zone, anything else does not.
+pub fn allowed_zones(w: &Value) -> Zones {
     let zone_keys = [ZONE_KEY, LEGACY_ZONE_KEY];
-    let node_selector = object::object_at(
-        dep,
-        &[POD_SPEC[0], POD_SPEC[1], POD_SPEC[2], "nodeSelector"],
-    );
-    if node_selector.is_some_and(|ns| zone_keys.iter().any(|k| ns.contains_key(*k))) {
-        return true;
+    let mut allowed = Zones::Any;
+    for key in zone_keys {
+        let path = ["spec", "template", "spec", "nodeSelector", key];
+        if let Some(zone) = object::str_at(w, &path) {
+            allowed = allowed.and(Zones::Only([zone.to_string()].into()));
+        }
     }
-    let terms = object::array_at(
-        dep,
-        &[
-            "spec",
-            "template",
-            "spec",
-            "affinity",
-            "nodeAffinity",
-            "requiredDuringSchedulingIgnoredDuringExecution",
-            "nodeSelectorTerms",
-        ],
-    );
-    if terms.is_empty() {
-        return false;
-    }
-    // Terms are ORed; expressions inside a term are ANDed.
-    let mut zones: BTreeSet<&str> = BTreeSet::new();
+    let terms_path = [
+        POD_SPEC[0],
+        POD_SPEC[1],
+        POD_SPEC[2],
+        "affinity",
+        "nodeAffinity",
+        "requiredDuringSchedulingIgnoredDuringExecution",
+        "nodeSelectorTerms",
+    ];
+    let Some(terms) = object::at(w, &terms_path).and_then(Value::as_array) else {
+        return allowed;
+    };
+    let mut any_term = Zones::None;
     for term in terms {
-        let mut allowed: Option<BTreeSet<&str>> = None;
-        for expr in object::array_at(term, &["matchExpressions"]) {
+        let exprs = object::array_at(term, &["matchExpressions"]);
+        let fields = object::array_at(term, &["matchFields"]);
+        if exprs.is_empty() && fields.is_empty() {
+            // An empty term matches no node.
+            continue;
+        }
+        let mut this = Zones::Any;
+        for expr in exprs {
             let key = expr.get("key").and_then(Value::as_str);
-            let op = expr.get("operator").and_then(Value::as_str);
-            if !key.is_some_and(|k| zone_keys.contains(&k)) || op != Some("In") {
+            if !key.is_some_and(|k| zone_keys.contains(&k)) {
                 continue;
             }
-            let values: BTreeSet<&str> = object::array_at(expr, &["values"])
+            let values: BTreeSet<String> = object::array_at(expr, &["values"])
                 .iter()
                 .filter_map(Value::as_str)
+                .map(str::to_string)
                 .collect();
-            allowed = Some(match allowed {
-                Some(prev) => prev.intersection(&values).copied().collect(),
-                None => values,
+            this = this.and(match expr.get("operator").and_then(Value::as_str) {
+                Some("In") => Zones::Only(values).nonempty(),
+                Some("NotIn") => Zones::Except(values),
+                // A node without a zone label is in no zone at all.
+                Some("DoesNotExist") => Zones::None,
+                _ => Zones::Any,
             });
         }
-        match allowed {
-            Some(set) => zones.extend(set),
-            // A term that does not restrict the zone allows every zone.
-            None => return false,
-        }
+        any_term = any_term.or(this);
     }
-    zones.len() == 1
+    allowed.and(any_term)
+}
+
+/// How many zones the template can use: counted against the cluster's zones
+/// when known; `None` when it cannot be told.
+fn usable_zone_count(allowed: &Zones, known: Option<&BTreeSet<String>>) -> Option<usize> {
+    match (allowed, known) {
+        (Zones::None, _) => Some(0),
+        (Zones::Only(z), None) => Some(z.len()),
+        (Zones::Only(z), Some(k)) => Some(z.intersection(k).count()),
+        (Zones::Except(z), Some(k)) => Some(k.difference(z).count()),
+        (Zones::Any, Some(k)) => Some(k.len()),
+        (Zones::Except(_) | Zones::Any, None) => None,
+    }
+}
+
+// ------------------------------------------------------------- capacity
+
+fn warn_capacity(w: &Value, ctx: &Context<'_>, zones: Option<usize>, out: &mut Mutation<'_>) {
+    let (Some(zones), Some(replicas)) = (zones, declared_replicas(w)) else {
+        return;
+    };
+    let zones = i64::try_from(zones).unwrap_or(i64::MAX);
+    if replicas == 0 || zones < 2 {
+        return;
+    }
+    let what = ctx.describe(w);
+    if replicas < zones {
+        out.warn(
+            Priority::High,
+            format!(
+                "zonewise: {what} has {replicas} replica{} for {zones} zones: clients in a zone \
+                 without one send every request to another zone",
+                if replicas == 1 { "" } else { "s" }
+            ),
+        );
+    } else if replicas % zones != 0 && matches!(ctx.policy.routing.mode, RoutingMode::Field(_)) {
+        out.warn(
+            Priority::Normal,
+            format!(
+                "zonewise: {what} has {replicas} replicas for {zones} zones: with \
+                 trafficDistribution each zone's clients use their own zone's replicas, so a zone \
+                 with fewer is overloaded; scale in multiples of {zones}"
+            ),
+        );
+    }
+}
+
+/// `spec.replicas`, when the owner declared it. The API server defaults a
+/// missing `replicas` to 1 before admission, which says nothing about the
+/// owner's intent: workloads scaled by a HorizontalPodAutoscaler leave it
+/// out. It counts as declared when the raw manifest has it (`zonewise
+/// mutate`); and on the admission path unless the client's own record says
+/// otherwise: the `kubectl apply` annotation without it, or a server-side
+/// apply field manager that does not own it. Other clients (`kubectl
+/// create`, Helm) leave no such record, so their defaulted 1 counts.
+pub fn declared_replicas(w: &Value) -> Option<i64> {
+    let replicas = object::at(w, &["spec", "replicas"])?.as_i64()?;
+    if let Some(last) = object::annotation(w, LAST_APPLIED)
+        && let Ok(applied) = serde_json::from_str::<Value>(last)
+    {
+        return object::at(&applied, &["spec", "replicas"]).map(|_| replicas);
+    }
+    let managers = object::array_at(w, &["metadata", "managedFields"]);
+    let appliers: Vec<&Value> = managers
+        .iter()
+        .filter(|m| m.get("operation").and_then(Value::as_str) == Some("Apply"))
+        .collect();
+    if !appliers.is_empty()
+        && !appliers
+            .iter()
+            .any(|m| object::at(m, &["fieldsV1", "f:spec", "f:replicas"]).is_some())
+    {
+        return None;
+    }
+    Some(replicas)
 }
 
 #[cfg(test)]
@@ -167,25 +352,44 @@ mod tests {
     use super::*;
     use crate::rules::test_support::*;
 
-    fn cfg(yaml: &str) -> ZoneSpreadConfig {
-        policy(yaml).config.deployment.zone_spread
-    }
-
     fn constraints(v: &Value) -> &Vec<Value> {
         v["spec"]["template"]["spec"]["topologySpreadConstraints"]
             .as_array()
             .unwrap()
     }
 
-    fn run_cfg(dep: &Value, c: &ZoneSpreadConfig) -> (Value, usize) {
-        let (out, warnings, ops) = run(dep, |o, m| apply(o, c, m));
-        assert!(warnings.is_empty());
+    fn run_yaml(w: &Value, yaml: &str) -> (Value, Vec<String>, usize) {
+        let kind = if w["kind"] == "StatefulSet" {
+            Kind::StatefulSet
+        } else {
+            Kind::Deployment
+        };
+        let p = policy(yaml);
+        let c = ctx(kind, &p, NO_CLUSTER);
+        run(w, |o, m| apply(o, &c, m))
+    }
+
+    fn run_cfg(w: &Value, yaml: &str) -> (Value, usize) {
+        let (out, warnings, ops) = run_yaml(w, yaml);
+        assert!(warnings.is_empty(), "{warnings:?}");
         (out, ops)
+    }
+
+    fn affinity(terms: Value) -> Value {
+        with(
+            deployment(),
+            &["spec", "template", "spec", "affinity"],
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}),
+        )
+    }
+
+    fn zone_in(values: &[&str]) -> Value {
+        json!({"matchExpressions": [{"key": ZONE_KEY, "operator": "In", "values": values}]})
     }
 
     #[test]
     fn adds_zone_and_hostname_with_copied_selector() {
-        let (out, _) = run_cfg(&deployment(), &cfg(""));
+        let (out, _) = run_cfg(&deployment(), "");
         assert_eq!(
             constraints(&out),
             &vec![
@@ -200,12 +404,27 @@ mod tests {
     }
 
     #[test]
+    fn statefulset_pods_have_no_pod_template_hash() {
+        let (out, _) = run_cfg(&statefulset(), "");
+        let cs = constraints(&out);
+        assert_eq!(cs.len(), 2);
+        for c in cs {
+            assert!(c.get("matchLabelKeys").is_none(), "{c}");
+        }
+        // Other configured keys stay.
+        let (out, _) = run_cfg(
+            &statefulset(),
+            "deployment: {zoneSpread: {matchLabelKeys: [pod-template-hash, release]}}",
+        );
+        assert_eq!(constraints(&out)[0]["matchLabelKeys"], json!(["release"]));
+    }
+
+    #[test]
     fn match_expressions_selector_is_copied_verbatim() {
         let sel = json!({"matchLabels": {"app": "web"},
                          "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]});
         let dep = with(deployment(), &["spec", "selector"], sel.clone());
-        let (out, _) = run_cfg(&dep, &cfg(""));
-        assert_eq!(constraints(&out)[0]["labelSelector"], sel);
+        assert_eq!(constraints(&run_cfg(&dep, "").0)[0]["labelSelector"], sel);
     }
 
     #[test]
@@ -213,10 +432,9 @@ mod tests {
         let own = json!({"maxSkew": 2, "topologyKey": ZONE_KEY, "whenUnsatisfiable": "DoNotSchedule",
                          "labelSelector": {"matchLabels": {"app": "web"}}});
         let dep = with(deployment(), &CONSTRAINTS, json!([own.clone()]));
-        let (out, ops) = run_cfg(&dep, &cfg(""));
+        let (out, ops) = run_cfg(&dep, "");
         assert_eq!(ops, 1);
         let cs = constraints(&out);
-        assert_eq!(cs.len(), 2);
         assert_eq!(cs[0], own, "owner's constraint untouched");
         assert_eq!(cs[1]["topologyKey"], HOSTNAME_KEY);
     }
@@ -227,13 +445,12 @@ mod tests {
             {"maxSkew": 1, "topologyKey": LEGACY_ZONE_KEY, "whenUnsatisfiable": "ScheduleAnyway"},
             {"maxSkew": 1, "topologyKey": HOSTNAME_KEY, "whenUnsatisfiable": "DoNotSchedule"}
         ]);
-        let dep = with(deployment(), &CONSTRAINTS, both);
-        assert_eq!(run_cfg(&dep, &cfg("")).1, 0);
+        assert_eq!(run_cfg(&with(deployment(), &CONSTRAINTS, both), "").1, 0);
     }
 
     #[test]
     fn never_repeats_a_key_pair() {
-        let (out, _) = run_cfg(&deployment(), &cfg(""));
+        let (out, _) = run_cfg(&deployment(), "");
         let mut pairs = BTreeSet::new();
         for c in constraints(&out) {
             assert!(pairs.insert((
@@ -245,10 +462,8 @@ mod tests {
 
     #[test]
     fn do_not_schedule_with_min_domains_and_custom_skew() {
-        let c = cfg(
-            "deployment: {zoneSpread: {maxSkew: 2, whenUnsatisfiable: DoNotSchedule, minDomains: 3}}",
-        );
-        let (out, _) = run_cfg(&deployment(), &c);
+        let y = "deployment: {zoneSpread: {maxSkew: 2, whenUnsatisfiable: DoNotSchedule, minDomains: 3}}";
+        let (out, _) = run_cfg(&deployment(), y);
         let cs = constraints(&out);
         assert_eq!(cs[0]["whenUnsatisfiable"], "DoNotSchedule");
         assert_eq!(cs[0]["minDomains"], 3);
@@ -258,18 +473,117 @@ mod tests {
     }
 
     #[test]
+    fn min_domains_never_exceeds_the_zones_the_template_can_use() {
+        let y = "deployment: {zoneSpread: {whenUnsatisfiable: DoNotSchedule, minDomains: 3}}";
+        // In [a, b]: two zones (and 3 replicas over them: a warning too).
+        let (out, _, _) = run_yaml(&affinity(json!([zone_in(&["a", "b"])])), y);
+        assert_eq!(constraints(&out)[0]["minDomains"], 2);
+        // NotIn [c] of the cluster's a, b, c: two zones.
+        let not_c = affinity(
+            json!([{"matchExpressions": [{"key": ZONE_KEY, "operator": "NotIn", "values": ["c"]}]}]),
+        );
+        let (out, _, _) = run_yaml(&not_c, &format!("zones: [a, b, c]\n{y}"));
+        assert_eq!(constraints(&out)[0]["minDomains"], 2);
+        // Without known zones, NotIn cannot be counted: as configured.
+        let (out, _) = run_cfg(&not_c, y);
+        assert_eq!(constraints(&out)[0]["minDomains"], 3);
+        // Known zones cap it too (3 replicas over 2 zones: a warning too).
+        let (out, _, _) = run_yaml(&deployment(), &format!("zones: [a, b]\n{y}"));
+        assert_eq!(constraints(&out)[0]["minDomains"], 2);
+    }
+
+    #[test]
+    fn an_empty_term_matches_nothing_so_one_zone_term_pins() {
+        // [{zone In [a]}, {}]: the empty term adds no node, so zone a only.
+        let dep = affinity(json!([zone_in(&["a"]), {}]));
+        assert_eq!(allowed_zones(&dep), Zones::Only(["a".to_string()].into()));
+        assert_eq!(run_cfg(&dep, "").1, 0, "pinned: left alone");
+        assert_eq!(allowed_zones(&affinity(json!([{}]))), Zones::None);
+        assert_eq!(run_cfg(&affinity(json!([{}])), "").1, 0);
+    }
+
+    #[test]
+    fn node_affinity_algebra() {
+        let set = |z: &[&str]| z.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let expr = |op: &str, v: &[&str]| json!({"key": ZONE_KEY, "operator": op, "values": v});
+        let cases = [
+            (
+                json!([{"matchExpressions": [expr("In", &["a", "b"]), expr("In", &["b", "c"])]}]),
+                Zones::Only(set(&["b"])),
+            ),
+            (
+                json!([zone_in(&["a"]), zone_in(&["b"])]),
+                Zones::Only(set(&["a", "b"])),
+            ),
+            (
+                json!([{"matchExpressions": [expr("In", &["a", "b"]), expr("NotIn", &["a"])]}]),
+                Zones::Only(set(&["b"])),
+            ),
+            (
+                json!([{"matchExpressions": [expr("In", &["a"]), expr("NotIn", &["a"])]}]),
+                Zones::None,
+            ),
+            (
+                json!([{"matchExpressions": [expr("NotIn", &["a"])]}, zone_in(&["a"])]),
+                Zones::Any,
+            ),
+            (
+                json!([{"matchExpressions": [expr("DoesNotExist", &[])]}]),
+                Zones::None,
+            ),
+            (
+                json!([{"matchExpressions": [expr("Exists", &[])]}]),
+                Zones::Any,
+            ),
+            (
+                json!([{"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]}, zone_in(&["a"])]),
+                Zones::Any,
+            ),
+            (
+                json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]),
+                Zones::Any,
+            ),
+        ];
+        for (terms, want) in cases {
+            assert_eq!(allowed_zones(&affinity(terms.clone())), want, "{terms}");
+        }
+        let by_selector = with(
+            affinity(json!([zone_in(&["a", "b"])])),
+            &NODE_SELECTOR,
+            json!({LEGACY_ZONE_KEY: "b"}),
+        );
+        assert_eq!(allowed_zones(&by_selector), Zones::Only(set(&["b"])));
+    }
+
+    #[test]
+    fn pinned_zone_is_skipped() {
+        let by_selector = with(
+            deployment(),
+            &NODE_SELECTOR,
+            json!({ZONE_KEY: "eu-west-1a"}),
+        );
+        let one_zone = affinity(json!([{"matchExpressions": [
+            {"key": ZONE_KEY, "operator": "In", "values": ["eu-west-1a"]},
+            {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]}]));
+        let only_one_known = affinity(json!([zone_in(&["a", "z"])]));
+        for (dep, y) in [
+            (by_selector, ""),
+            (one_zone, ""),
+            (only_one_known, "zones: [a, b, c]"),
+        ] {
+            assert_eq!(run_cfg(&dep, y).1, 0, "{dep}");
+        }
+    }
+
+    #[test]
     fn node_spread_off_and_rule_off() {
         let (out, _) = run_cfg(
             &deployment(),
-            &cfg("deployment: {zoneSpread: {nodeSpread: false}}"),
+            "deployment: {zoneSpread: {nodeSpread: false}}",
         );
         assert_eq!(constraints(&out).len(), 1);
         assert_eq!(
-            run_cfg(
-                &deployment(),
-                &cfg("deployment: {zoneSpread: {enabled: false}}")
-            )
-            .1,
+            run_cfg(&deployment(), "deployment: {zoneSpread: {enabled: false}}").1,
             0
         );
     }
@@ -281,65 +595,88 @@ mod tests {
             &["spec", "selector"],
             json!({"matchLabels": {"app": "web", "pod-template-hash": "x"}}),
         );
-        let (out, _) = run_cfg(&dep, &cfg(""));
-        assert!(constraints(&out)[0].get("matchLabelKeys").is_none());
+        assert!(
+            constraints(&run_cfg(&dep, "").0)[0]
+                .get("matchLabelKeys")
+                .is_none()
+        );
         let (out, _) = run_cfg(
             &deployment(),
-            &cfg("deployment: {zoneSpread: {matchLabelKeys: []}}"),
+            "deployment: {zoneSpread: {matchLabelKeys: []}}",
         );
         assert!(constraints(&out)[0].get("matchLabelKeys").is_none());
     }
 
-    #[test]
-    fn pinned_zone_is_skipped() {
-        let by_selector = with(
-            deployment(),
-            &["spec", "template", "spec", "nodeSelector"],
-            json!({ZONE_KEY: "eu-west-1a"}),
-        );
-        let affinity = |terms: Value| {
-            with(
-                deployment(),
-                &["spec", "template", "spec", "affinity"],
-                json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}),
-            )
-        };
-        let one_zone = affinity(json!([{"matchExpressions": [
-            {"key": ZONE_KEY, "operator": "In", "values": ["eu-west-1a"]},
-            {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]}]));
-        let narrowed = affinity(json!([{"matchExpressions": [
-            {"key": ZONE_KEY, "operator": "In", "values": ["a", "b"]},
-            {"key": ZONE_KEY, "operator": "In", "values": ["b", "c"]}]}]));
-        for dep in [by_selector, one_zone, narrowed] {
-            assert!(pins_single_zone(&dep));
-            assert_eq!(run_cfg(&dep, &cfg("")).1, 0);
-        }
+    fn replicas(n: i64) -> Value {
+        with(deployment(), &["spec", "replicas"], json!(n))
     }
 
     #[test]
-    fn multi_zone_affinity_is_not_pinned() {
-        let affinity = |terms: Value| {
+    fn capacity_warning_against_three_zones() {
+        let three = "zones: [a, b, c]";
+        let (_, w, _) = run_yaml(&replicas(1), three);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("1 replica for 3 zones"), "{w:?}");
+        assert!(w[0].contains("another zone"), "{w:?}");
+        assert!(run_yaml(&replicas(3), three).1.is_empty());
+        let (_, w, _) = run_yaml(&replicas(4), three);
+        assert!(
+            w[0].contains("4 replicas for 3 zones") && w[0].contains("multiples of 3"),
+            "{w:?}"
+        );
+        // Not a multiple matters only under trafficDistribution.
+        assert!(
+            run_yaml(
+                &replicas(4),
+                "zones: [a, b, c]\nservice: {routing: annotation}"
+            )
+            .1
+            .is_empty()
+        );
+        // Zones unknown: nothing to compare with.
+        assert!(run_yaml(&replicas(1), "").1.is_empty());
+        // Scaled to zero on purpose.
+        assert!(run_yaml(&replicas(0), three).1.is_empty());
+        // The template can only use two of the three zones.
+        let two = with(
+            affinity(json!([zone_in(&["a", "b"])])),
+            &["spec", "replicas"],
+            json!(2),
+        );
+        assert!(run_yaml(&two, three).1.is_empty());
+    }
+
+    #[test]
+    fn autoscaled_workloads_get_no_false_alarm() {
+        let three = "zones: [a, b, c]";
+        // No replicas in the manifest.
+        let mut dep = deployment();
+        dep["spec"].as_object_mut().unwrap().remove("replicas");
+        assert!(run_yaml(&dep, three).1.is_empty());
+        // Defaulted to 1 by the API server, but kubectl apply's record has none.
+        let applied = annotated(
+            replicas(1),
+            LAST_APPLIED,
+            r#"{"apiVersion":"apps/v1","kind":"Deployment","spec":{"template":{}}}"#,
+        );
+        assert!(run_yaml(&applied, three).1.is_empty());
+        let declared = annotated(replicas(1), LAST_APPLIED, r#"{"spec":{"replicas":1}}"#);
+        assert_eq!(run_yaml(&declared, three).1.len(), 1);
+        // Server-side apply: the applier does not own spec.replicas.
+        let ssa = |owns: bool| {
+            let fields = if owns {
+                json!({"f:spec": {"f:replicas": {}}})
+            } else {
+                json!({"f:spec": {"f:template": {}}})
+            };
             with(
-                deployment(),
-                &["spec", "template", "spec", "affinity"],
-                json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}),
+                replicas(1),
+                &["metadata", "managedFields"],
+                json!([{"manager": "flux", "operation": "Apply", "fieldsV1": fields},
+                       {"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]),
             )
         };
-        let two_zones = affinity(
-            json!([{"matchExpressions": [{"key": ZONE_KEY, "operator": "In", "values": ["a", "b"]}]}]),
-        );
-        let two_terms = affinity(json!([
-            {"matchExpressions": [{"key": ZONE_KEY, "operator": "In", "values": ["a"]}]},
-            {"matchExpressions": [{"key": ZONE_KEY, "operator": "In", "values": ["b"]}]}]));
-        let unrestricted_term = affinity(json!([
-            {"matchExpressions": [{"key": ZONE_KEY, "operator": "In", "values": ["a"]}]},
-            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]));
-        let not_in = affinity(
-            json!([{"matchExpressions": [{"key": ZONE_KEY, "operator": "NotIn", "values": ["a"]}]}]),
-        );
-        for dep in [two_zones, two_terms, unrestricted_term, not_in] {
-            assert!(!pins_single_zone(&dep), "{dep}");
-            assert_eq!(run_cfg(&dep, &cfg("")).1, 2);
-        }
+        assert!(run_yaml(&ssa(false), three).1.is_empty());
+        assert_eq!(run_yaml(&ssa(true), three).1.len(), 1);
     }
 }

@@ -15,9 +15,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tracing::{info, warn};
 
 use super::AppState;
+use crate::admission::{AdmissionRequest, Kind, Outcome, Rule, Verdict};
 use crate::metrics::{EndpointLabels, ReasonLabels, RequestLabels, RuleLabels};
-use crate::review::{self, Decision, Endpoint, Outcome};
-use crate::rules::Rule;
+use crate::policy::Policy;
+use crate::review::{self, Endpoint};
 use crate::wire;
 
 /// The admission router served over TLS (health endpoints included, so a
@@ -97,10 +98,7 @@ async fn validate(State(state): State<Arc<AppState>>, req: Request) -> Response 
 
 async fn admit(state: &AppState, req: Request, endpoint: Endpoint) -> Response {
     let start = Instant::now();
-    let endpoint_name = match endpoint {
-        Endpoint::Mutate => "mutate",
-        Endpoint::Validate => "validate",
-    };
+    let endpoint_name = endpoint.as_str();
     let (parts, body) = req.into_parts();
     let body = match read_body(state, &parts.headers, body).await {
         Ok(b) => b,
@@ -118,7 +116,7 @@ async fn admit(state: &AppState, req: Request, endpoint: Endpoint) -> Response {
             );
         }
     };
-    let policy = state.policy.load();
+    let policy = state.policy.load_full();
     let outcome = review::review(&request, &policy, state.lookups.as_ref(), endpoint);
     let bytes = wire::encode(&request.uid, &outcome);
     let elapsed = start.elapsed();
@@ -127,6 +125,7 @@ async fn admit(state: &AppState, req: Request, endpoint: Endpoint) -> Response {
         endpoint_name,
         &request,
         &outcome,
+        &policy,
         elapsed.as_secs_f64(),
     );
     log_review(endpoint_name, &request, &outcome, elapsed.as_micros());
@@ -235,33 +234,35 @@ fn redact_quoted(msg: &str) -> String {
 fn record(
     state: &AppState,
     endpoint: &'static str,
-    req: &review::AdmissionRequest,
+    req: &AdmissionRequest,
     out: &Outcome,
+    policy: &Policy,
     seconds: f64,
 ) {
     let m = &state.metrics;
-    let kind = review::Target::of(&req.kind).map_or("other", review::Target::name);
+    let kind = Kind::of(&req.kind).map_or("other", Kind::name);
     m.requests
         .get_or_create(&RequestLabels {
             endpoint,
             kind,
             operation: req.operation.as_str(),
-            decision: out.decision().as_str(),
+            decision: out.verdict.label(),
         })
         .inc();
     m.duration
         .get_or_create(&EndpointLabels { endpoint })
         .observe(seconds);
-    for rule in &out.applied {
+    for rule in out.applied() {
         m.rules_applied
             .get_or_create(&RuleLabels { rule: rule.name() })
             .inc();
+        if *rule == Rule::ZoneRouting && policy.routing.substituted {
+            m.routing_substitutions.inc();
+        }
     }
-    if out.decision() == Decision::Denied {
+    if let Verdict::Denied { rule, .. } = &out.verdict {
         m.denials
-            .get_or_create(&RuleLabels {
-                rule: Rule::LocalPolicy.name(),
-            })
+            .get_or_create(&RuleLabels { rule: rule.name() })
             .inc();
     }
     if !out.warnings.is_empty() {
@@ -270,9 +271,9 @@ fn record(
 }
 
 /// One line per review. Names and decisions only: never the object.
-fn log_review(endpoint: &'static str, req: &review::AdmissionRequest, out: &Outcome, micros: u128) {
+fn log_review(endpoint: &'static str, req: &AdmissionRequest, out: &Outcome, micros: u128) {
     let rules = out
-        .applied
+        .applied()
         .iter()
         .map(|r| r.name())
         .collect::<Vec<_>>()
@@ -286,7 +287,7 @@ fn log_review(endpoint: &'static str, req: &review::AdmissionRequest, out: &Outc
         operation = req.operation.as_str(),
         dry_run = req.dry_run,
         rules = %rules,
-        decision = out.decision().as_str(),
+        decision = out.verdict.label(),
         skipped = out.skipped.unwrap_or(""),
         warnings = out.warnings.len(),
         micros = micros as u64,

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
@@ -23,11 +22,13 @@ use tracing::{info, warn};
 
 use crate::certs;
 use crate::cluster::{self, ClusterCache, Metered, Scope};
-use crate::config::{Config, Environment, Policy};
+use crate::config::Config;
 use crate::lookups::{Lookups, NoCluster};
 use crate::metrics::{Metrics, ResultLabels};
+use crate::policy::{Environment, LivePolicy};
 use crate::reload;
 use crate::tls::{self, CertStore};
+use crate::versions::KubeVersion;
 pub use conn::{ConnLimits, Phase};
 
 /// Where the serving certificate comes from.
@@ -99,6 +100,9 @@ pub struct ServeOptions {
     pub reload_interval: Duration,
     /// The namespace zonewise runs in (never mutated).
     pub own_namespace: Option<String>,
+    /// `--kube-version`: the API server version when there is no cluster
+    /// to ask (the cluster's own version wins when there is).
+    pub kube_version: Option<KubeVersion>,
     pub cluster: ClusterOptions,
     /// Benchmark baseline only: read each /mutate body exactly as usual,
     /// then answer a fixed `allowed: true` without reviewing it.
@@ -119,6 +123,7 @@ impl Default for ServeOptions {
             drain_delay: Duration::from_secs(5),
             reload_interval: Duration::from_secs(5),
             own_namespace: None,
+            kube_version: None,
             cluster: ClusterOptions::default(),
             noop_baseline: false,
         }
@@ -155,7 +160,7 @@ impl Health {
 
 /// What the HTTP handlers share.
 pub struct AppState {
-    pub policy: ArcSwap<Policy>,
+    pub policy: Arc<LivePolicy>,
     pub lookups: Arc<dyn Lookups>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
@@ -165,27 +170,20 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(
-        policy: Policy,
+        policy: Arc<LivePolicy>,
         lookups: Arc<dyn Lookups>,
         limits: RequestLimits,
         metrics: Arc<Metrics>,
         noop_baseline: bool,
     ) -> Arc<AppState> {
         Arc::new(AppState {
-            policy: ArcSwap::from_pointee(policy),
+            policy,
             lookups,
             metrics,
             health: Arc::new(Health::default()),
             limits,
             noop_baseline,
         })
-    }
-
-    /// Rebuilds the policy for a new environment (API server version),
-    /// keeping the running config.
-    fn set_environment(&self, env: &Environment) {
-        let config = self.policy.load().config.clone();
-        self.policy.store(Arc::new(Policy::new(config, env)));
     }
 }
 
@@ -249,9 +247,6 @@ pub struct Server {
     cert_paths: (PathBuf, PathBuf),
     cert_bytes: Vec<Vec<u8>>,
     config_bytes: Option<Vec<u8>>,
-    /// Shared with the config reloader and the version tracker, so each
-    /// rebuilds the policy from the latest of both.
-    env: Arc<ArcSwap<Environment>>,
     reload: Arc<Notify>,
     cluster: Option<(kube::Client, Arc<ClusterCache>)>,
 }
@@ -285,20 +280,22 @@ impl Server {
         };
         let env = Environment {
             server_version,
+            version_flag: opts.kube_version,
+            cluster_zones: None,
             own_namespace: opts.own_namespace.clone(),
         };
         let (config, config_bytes) = match &opts.config {
             Some(path) => {
                 let bytes = std::fs::read(path)
                     .with_context(|| format!("cannot read config {}", path.display()))?;
-                let text = String::from_utf8_lossy(&bytes);
-                let config = Config::from_yaml(&text)
+                // The same reading as reload and check-config.
+                let config = Config::from_bytes(&bytes)
                     .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
                 (config, Some(bytes))
             }
             None => (Config::default(), None),
         };
-        let policy = Policy::new(config, &env);
+        let policy = Arc::new(LivePolicy::new(config, env));
 
         let (cert, key) = match &opts.tls {
             TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
@@ -330,7 +327,7 @@ impl Server {
                     inner: cache.clone(),
                     metrics: metrics.clone(),
                 });
-                info!(scope = ?opts.cluster.scope, version = ?env.server_version, "cluster access: starting the cache");
+                info!(scope = ?opts.cluster.scope, version = ?server_version.map(|v| v.to_string()), "cluster access: starting the cache");
                 (lookups, Some((client, cache)))
             }
             None => {
@@ -362,7 +359,6 @@ impl Server {
             cert_paths: (cert, key),
             cert_bytes,
             config_bytes,
-            env: Arc::new(ArcSwap::from_pointee(env)),
             reload: Arc::new(Notify::new()),
             cluster,
         })
@@ -398,20 +394,25 @@ impl Server {
         let mut _cluster_tasks = Vec::new();
         if let Some((client, cache)) = self.cluster.clone() {
             let reconnected = Arc::new(Notify::new());
-            _cluster_tasks = cluster::start(client.clone(), cache.clone(), reconnected.clone());
+            _cluster_tasks = cluster::start(
+                client.clone(),
+                cache.clone(),
+                reconnected.clone(),
+                state.policy.clone(),
+            );
             background.spawn(wait_for_cache(
                 cache,
                 health.clone(),
                 self.opts.cluster.sync_timeout,
             ));
-            let (env, app) = (self.env.clone(), state.clone());
-            let known = env.load().server_version;
+            let live = state.policy.clone();
+            let known = live
+                .load()
+                .version
+                .filter(|_| live.load().version_source == crate::policy::VersionSource::Cluster);
             background.spawn(cluster::track_version(client, known, reconnected, move |v| {
-                let mut next = (**env.load()).clone();
-                next.server_version = Some(v);
-                app.set_environment(&next);
-                env.store(Arc::new(next));
-                info!(routing = %app.policy.load().routing, "policy re-resolved for the API server version");
+                let policy = live.set_server_version(v);
+                info!(version = %v, routing = %policy.routing.mode, "policy re-resolved for the API server version");
             }));
         }
         let metrics_app = http::metrics_router(state.clone());
@@ -430,7 +431,7 @@ impl Server {
             health.clone(),
             metrics.clone(),
         ));
-        info!(%addr, %metrics_addr, policy = %state.policy.load().routing, "listening");
+        info!(%addr, %metrics_addr, routing = %state.policy.load().routing.mode, "listening");
 
         shutdown.nth(1).await;
         let grace = self.opts.shutdown_grace;
@@ -488,33 +489,28 @@ impl Server {
     fn watch_config(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let path = self.opts.config.clone()?;
         let state = self.state.clone();
-        let env = self.env.clone();
         Some(reload::watch_files(
             vec![path.clone()],
             vec![self.config_bytes.clone().unwrap_or_default()],
             self.opts.reload_interval,
             Some(self.reload.clone()),
-            move |files, forced| {
-                let text = String::from_utf8_lossy(&files[0]);
-                match Config::from_yaml(&text) {
-                    Ok(config) => {
-                        let policy = Policy::new(config, &env.load());
-                        info!(path = %path.display(), forced, routing = %policy.routing, "config reloaded");
-                        state.policy.store(Arc::new(policy));
-                        state
-                            .metrics
-                            .config_reloads
-                            .get_or_create(&ResultLabels { result: "success" })
-                            .inc();
-                    }
-                    Err(e) => {
-                        state
-                            .metrics
-                            .config_reloads
-                            .get_or_create(&ResultLabels { result: "error" })
-                            .inc();
-                        warn!(path = %path.display(), error = %e, "invalid config; keeping the running one");
-                    }
+            move |files, forced| match Config::from_bytes(&files[0]) {
+                Ok(config) => {
+                    let policy = state.policy.set_config(config);
+                    info!(path = %path.display(), forced, routing = %policy.routing.mode, "config reloaded");
+                    state
+                        .metrics
+                        .config_reloads
+                        .get_or_create(&ResultLabels { result: "success" })
+                        .inc();
+                }
+                Err(e) => {
+                    state
+                        .metrics
+                        .config_reloads
+                        .get_or_create(&ResultLabels { result: "error" })
+                        .inc();
+                    warn!(path = %path.display(), error = %e, "invalid config; keeping the running one");
                 }
             },
         ))

@@ -3,6 +3,8 @@
 //! certificates generated for the test, plus HTTPS clients (HTTP/1.1, h2).
 #![allow(dead_code)]
 
+pub mod fake_api;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,89 +26,72 @@ use zonewise::server::{
 
 // ---------------------------------------------------------------- fixtures
 
+#[derive(Debug, Clone)]
 pub enum Expect {
     /// Patched, with this `zonewise.io/applied` value; the patched object
     /// must equal `<name>.expected.json`.
-    Patched(&'static str),
+    Patched(String),
     /// Allowed, no patch.
     Unchanged,
     /// Denied with status 403 and a message containing this.
-    Denied(&'static str),
+    Denied(String),
 }
 
+/// One fixture, as `tests/fixtures/generate.py` (the oracle) lists it in
+/// `cases.json`.
+#[derive(Debug, Clone)]
 pub struct Case {
-    pub name: &'static str,
+    pub name: String,
     pub expect: Expect,
     /// A warning containing this must be returned; `None`: no warnings.
-    pub warning: Option<&'static str>,
+    pub warning: Option<String>,
+    /// The policy file the case runs under (empty: the built-in policy).
+    pub config: String,
 }
 
-const fn case(name: &'static str, expect: Expect, warning: Option<&'static str>) -> Case {
-    Case {
-        name,
-        expect,
-        warning,
+impl Case {
+    pub fn policy(&self) -> zonewise::policy::Policy {
+        zonewise::policy::Policy::new(
+            zonewise::config::Config::from_yaml(&self.config)
+                .unwrap_or_else(|e| panic!("{}: config: {e}", self.name)),
+            &zonewise::policy::Environment::default(),
+        )
     }
 }
 
-use Expect::*;
+pub static CASES: std::sync::LazyLock<Vec<Case>> = std::sync::LazyLock::new(|| {
+    let text = std::fs::read(fixtures_dir().join("cases.json")).expect("cases.json");
+    let table: Vec<Value> = serde_json::from_slice(&text).expect("cases.json is JSON");
+    table
+        .into_iter()
+        .map(|c| {
+            let expect = c["expect"].as_array().expect("expect");
+            let arg = || expect[1].as_str().unwrap().to_string();
+            Case {
+                name: c["name"].as_str().unwrap().to_string(),
+                expect: match expect[0].as_str().unwrap() {
+                    "patched" => Expect::Patched(arg()),
+                    "denied" => Expect::Denied(arg()),
+                    _ => Expect::Unchanged,
+                },
+                warning: c["warning"].as_str().map(str::to_string),
+                config: c["config"].as_str().unwrap_or("").to_string(),
+            }
+        })
+        .collect()
+});
 
-pub const CASES: &[Case] = &[
-    case("svc-clusterip", Patched("zone-routing"), None),
-    case("svc-nodeport", Patched("zone-routing"), None),
-    case("svc-dry-run", Patched("zone-routing"), None),
-    case(
-        "svc-lb-no-class",
-        Patched("zone-routing,lb-ip-target"),
-        None,
-    ),
-    case(
-        "svc-lb-aws-class",
-        Patched("zone-routing,lb-ip-target"),
-        None,
-    ),
-    case("svc-lb-other-class", Patched("zone-routing"), None),
-    case("svc-lb-instance", Patched("zone-routing"), Some("instance")),
-    case("svc-unknown-fields", Patched("zone-routing"), None),
-    case("svc-headless", Unchanged, None),
-    case("svc-externalname", Unchanged, None),
-    case("svc-no-selector", Unchanged, None),
-    case("svc-owner-routing", Unchanged, None),
-    case("svc-owner-topology-mode", Unchanged, None),
-    case("svc-local", Denied("internalTrafficPolicy: Local"), None),
-    case("svc-local-allowed", Unchanged, None),
-    case(
-        "svc-update-to-local",
-        Denied("internalTrafficPolicy: Local"),
-        None,
-    ),
-    case("svc-update-already-local", Unchanged, None),
-    case("svc-update-plain", Unchanged, None),
-    case("svc-delete", Unchanged, None),
-    case("svc-skip", Unchanged, None),
-    case("svc-kube-system", Unchanged, None),
-    case("svc-unparsable", Unchanged, Some("does not parse")),
-    case("deploy-plain", Patched("zone-spread"), None),
-    case("deploy-dry-run", Patched("zone-spread"), None),
-    case(
-        "deploy-calls",
-        Patched("zone-spread,call-affinity"),
-        Some("no cluster access"),
-    ),
-    case("deploy-own-zone-constraint", Patched("zone-spread"), None),
-    case(
-        "deploy-existing-affinity",
-        Patched("zone-spread,call-affinity"),
-        Some("shop/stock"),
-    ),
-    case("deploy-match-expressions", Patched("zone-spread"), None),
-    case("deploy-pinned-zone", Unchanged, None),
-    case("deploy-compliant", Unchanged, None),
-    case("deploy-skip-spread", Unchanged, None),
-    case("deploy-update", Unchanged, None),
-    case("deploy-scale-subresource", Unchanged, None),
-    case("configmap-create", Unchanged, None),
-];
+/// The cases grouped by the policy file they run under.
+pub fn cases_by_config() -> Vec<(String, Vec<&'static Case>)> {
+    let mut groups: Vec<(String, Vec<&'static Case>)> = Vec::new();
+    for case in CASES.iter() {
+        match groups.iter_mut().find(|(c, _)| *c == case.config) {
+            Some((_, cases)) => cases.push(case),
+            None => groups.push((case.config.clone(), vec![case])),
+        }
+    }
+    groups
+}
 
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -187,14 +172,14 @@ pub fn decode_answer(body: &[u8]) -> Answer {
 /// the same path and passes the answer to [`check_converged`].
 #[must_use]
 pub fn check_case(case: &Case, request: &[u8], answer: &Answer) -> Option<Vec<u8>> {
-    let name = case.name;
+    let name = &case.name;
     let req: Value = serde_json::from_slice(request).unwrap();
     assert_eq!(
         answer.uid,
         req["request"]["uid"].as_str().unwrap(),
         "{name}: uid echoed"
     );
-    match case.warning {
+    match &case.warning {
         Some(w) => assert!(
             answer.warnings.iter().any(|x| x.contains(w)),
             "{name}: expected a warning containing {w:?}, got {:?}",
@@ -206,8 +191,8 @@ pub fn check_case(case: &Case, request: &[u8], answer: &Answer) -> Option<Vec<u8
             answer.warnings
         ),
     }
-    match case.expect {
-        Unchanged => {
+    match &case.expect {
+        Expect::Unchanged => {
             assert!(answer.allowed, "{name}: must be allowed");
             assert!(
                 answer.patch.is_none(),
@@ -216,15 +201,18 @@ pub fn check_case(case: &Case, request: &[u8], answer: &Answer) -> Option<Vec<u8
             );
             None
         }
-        Denied(text) => {
+        Expect::Denied(text) => {
             assert!(!answer.allowed, "{name}: must be denied");
             assert_eq!(answer.code, Some(403), "{name}");
             let msg = answer.message.as_deref().unwrap_or("");
-            assert!(msg.contains(text), "{name}: message {msg:?} lacks {text:?}");
+            assert!(
+                msg.contains(text.as_str()),
+                "{name}: message {msg:?} lacks {text:?}"
+            );
             assert!(answer.patch.is_none(), "{name}: a denial carries no patch");
             None
         }
-        Patched(applied) => {
+        Expect::Patched(applied) => {
             assert!(answer.allowed, "{name}: must be allowed");
             let patch = answer
                 .patch
@@ -239,29 +227,33 @@ pub fn check_case(case: &Case, request: &[u8], answer: &Answer) -> Option<Vec<u8
                 "{name}: patched object differs from {name}.expected.json"
             );
             assert_eq!(
-                obj["metadata"]["annotations"]["zonewise.io/applied"], applied,
+                obj["metadata"]["annotations"]["zonewise.io/applied"],
+                applied.as_str(),
                 "{name}"
             );
-            match req["request"]["kind"]["kind"].as_str() {
-                Some("Service") => {
-                    serde_json::from_value::<k8s_openapi::api::core::v1::Service>(obj.clone())
-                        .unwrap_or_else(|e| {
-                            panic!("{name}: patched Service does not deserialize: {e}")
-                        });
-                }
-                Some("Deployment") => {
-                    serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(obj.clone())
-                        .unwrap_or_else(|e| {
-                            panic!("{name}: patched Deployment does not deserialize: {e}")
-                        });
-                }
-                other => panic!("{name}: unexpected kind {other:?}"),
-            }
+            typed(
+                name,
+                req["request"]["kind"]["kind"].as_str().unwrap_or(""),
+                &obj,
+            );
             let mut again = req.clone();
             again["request"]["object"] = obj;
             Some(serde_json::to_vec(&again).unwrap())
         }
     }
+}
+
+/// `obj` deserializes into the k8s-openapi type of `kind`.
+pub fn typed(name: &str, kind: &str, obj: &Value) {
+    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, networking::v1 as net};
+    let r = match kind {
+        "Service" => serde_json::from_value::<core::Service>(obj.clone()).map(drop),
+        "Deployment" => serde_json::from_value::<apps::Deployment>(obj.clone()).map(drop),
+        "StatefulSet" => serde_json::from_value::<apps::StatefulSet>(obj.clone()).map(drop),
+        "Ingress" => serde_json::from_value::<net::Ingress>(obj.clone()).map(drop),
+        other => panic!("{name}: unexpected kind {other:?}"),
+    };
+    r.unwrap_or_else(|e| panic!("{name}: patched {kind} does not deserialize: {e}"));
 }
 
 /// The second review of a patched object: allowed, no patch.

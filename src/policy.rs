@@ -1,0 +1,381 @@
+//! The effective policy: the config file combined with what the cluster (or
+//! the command line) says about where zonewise runs, indexed for the
+//! admission path.
+//!
+//! [`LivePolicy`] is the one owner of the running policy. The config
+//! reloader, the API server version tracker and the Nodes watch each hand
+//! it their input; it keeps the latest of every input and rebuilds the
+//! policy from all of them under one lock. No updater reads another's last
+//! result and writes it back, so a reload racing a version change cannot
+//! undo it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+use tracing::warn;
+
+use crate::config::{Config, ObjectRef};
+use crate::versions::{self, Features, KubeVersion, RoutingChoice, RoutingMode};
+
+/// Facts about where zonewise runs that shape the effective policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Environment {
+    /// The API server's version, read from the cluster.
+    pub server_version: Option<KubeVersion>,
+    /// `--kube-version`: for when there is no cluster to ask.
+    pub version_flag: Option<KubeVersion>,
+    /// The zones of the cluster's Nodes, once the cache has listed them.
+    pub cluster_zones: Option<BTreeSet<String>>,
+    /// The namespace zonewise itself runs in; never mutated.
+    pub own_namespace: Option<String>,
+}
+
+/// Where the effective Kubernetes version came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionSource {
+    Cluster,
+    Flag,
+    Config,
+    Unknown,
+}
+
+/// The validated config plus what was derived from it and the environment.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub config: Config,
+    /// The API server version the policy is for, and where it came from.
+    pub version: Option<KubeVersion>,
+    pub version_source: VersionSource,
+    pub features: Features,
+    pub routing: RoutingChoice,
+    /// The cluster's zones: from its Nodes, else from the config; `None`
+    /// when unknown.
+    pub zones: Option<BTreeSet<String>>,
+    pub excluded: BTreeSet<String>,
+    call_graph: HashMap<ObjectRef, Vec<ObjectRef>>,
+    service_selectors: HashMap<ObjectRef, BTreeMap<String, String>>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::new(Config::default(), &Environment::default())
+    }
+}
+
+impl Policy {
+    /// Builds the effective policy. `config` must have passed
+    /// [`Config::validate`]; invalid references are dropped, not panicked on.
+    pub fn new(config: Config, env: &Environment) -> Policy {
+        let config_version = config
+            .kubernetes_version
+            .as_deref()
+            .and_then(KubeVersion::parse);
+        let (version, version_source) = match (env.server_version, env.version_flag, config_version)
+        {
+            (Some(v), _, _) => (Some(v), VersionSource::Cluster),
+            (None, Some(v), _) => (Some(v), VersionSource::Flag),
+            (None, None, Some(v)) => (Some(v), VersionSource::Config),
+            (None, None, None) => (None, VersionSource::Unknown),
+        };
+        let routing = versions::resolve_routing(config.service.routing, version);
+        let zones = env
+            .cluster_zones
+            .clone()
+            .or_else(|| (!config.zones.is_empty()).then(|| config.zones.iter().cloned().collect()));
+        let mut excluded: BTreeSet<String> = config.excluded_namespaces.iter().cloned().collect();
+        if let Some(ns) = &env.own_namespace {
+            excluded.insert(ns.clone());
+        }
+        let mut call_graph: HashMap<ObjectRef, Vec<ObjectRef>> = HashMap::new();
+        for entry in &config.call_graph {
+            let Some(from) = ObjectRef::parse_slash(&entry.from) else {
+                continue;
+            };
+            let callees = call_graph.entry(from).or_default();
+            for to in entry.to.iter().filter_map(|t| ObjectRef::parse_slash(t)) {
+                if !callees.contains(&to) {
+                    callees.push(to);
+                }
+            }
+        }
+        let service_selectors = config
+            .service_selectors
+            .iter()
+            .filter_map(|(k, v)| Some((ObjectRef::parse_slash(k)?, v.clone())))
+            .collect();
+        Policy {
+            features: Features::of(version),
+            config,
+            version,
+            version_source,
+            routing,
+            zones,
+            excluded,
+            call_graph,
+            service_selectors,
+        }
+    }
+
+    /// Services the workload `from` is declared to call in the config.
+    pub fn callees_of(&self, from: &ObjectRef) -> &[ObjectRef] {
+        self.call_graph.get(from).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn declared_selector(&self, service: &ObjectRef) -> Option<&BTreeMap<String, String>> {
+        self.service_selectors.get(service)
+    }
+
+    /// The in-zone routing to recommend in messages on this server.
+    pub fn recommended_routing(&self) -> RoutingMode {
+        versions::recommended_routing(self.version)
+    }
+
+    /// The version as messages name it: `Kubernetes 1.33`, or `this API
+    /// server` when unknown.
+    pub fn server_name(&self) -> String {
+        self.version
+            .map_or_else(|| "this API server".into(), |v| format!("Kubernetes {v}"))
+    }
+
+    /// The effective policy as YAML, for `check-config` and the start-up log.
+    pub fn describe(&self) -> String {
+        let mut out = self.config.to_yaml();
+        let version = match (self.version, self.version_source) {
+            (Some(v), source) => {
+                let from = match source {
+                    VersionSource::Cluster => "the API server",
+                    VersionSource::Flag => "--kube-version",
+                    VersionSource::Config => "kubernetesVersion",
+                    VersionSource::Unknown => "unknown",
+                };
+                let support = if v.is_supported() {
+                    String::new()
+                } else {
+                    format!(
+                        " (outside the supported {}–{})",
+                        versions::OLDEST,
+                        versions::NEWEST
+                    )
+                };
+                format!("{v} (from {from}){support}")
+            }
+            (None, _) => {
+                "unknown (no cluster access, no --kube-version or kubernetesVersion)".into()
+            }
+        };
+        out.push_str("# effective:\n");
+        out.push_str(&format!("#   kubernetes version: {version}\n"));
+        out.push_str(&format!("#   zone-routing: {}\n", self.routing.mode));
+        if let Some(note) = self.routing.note() {
+            out.push_str(&format!("#   note: {note}\n"));
+        }
+        out.push_str(&format!(
+            "#   local-policy convert: {}\n",
+            if self.features.prefer_same_node {
+                "replaces Local with trafficDistribution: PreferSameNode"
+            } else {
+                "not possible here (PreferSameNode needs 1.34+); acts as enforce"
+            }
+        ));
+        out.push_str(&format!(
+            "#   zones: {}\n",
+            self.zones.as_ref().map_or_else(
+                || "unknown".to_string(),
+                |z| z.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        ));
+        out.push_str(&format!(
+            "#   excluded namespaces: {}\n",
+            self.excluded.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+        out
+    }
+}
+
+/// The latest of each input to the policy.
+#[derive(Debug)]
+struct Inputs {
+    config: Config,
+    env: Environment,
+}
+
+/// The running policy and its one owner (see the module comment).
+#[derive(Debug)]
+pub struct LivePolicy {
+    inputs: Mutex<Inputs>,
+    current: ArcSwap<Policy>,
+}
+
+impl LivePolicy {
+    pub fn new(config: Config, env: Environment) -> LivePolicy {
+        let policy = Policy::new(config.clone(), &env);
+        if let Some(note) = policy.routing.note() {
+            warn!(%note, "service.routing adjusted for the API server version");
+        }
+        LivePolicy {
+            current: ArcSwap::from_pointee(policy),
+            inputs: Mutex::new(Inputs { config, env }),
+        }
+    }
+
+    /// The policy now: what a review uses, start to finish.
+    pub fn load(&self) -> Guard<Arc<Policy>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<Policy> {
+        self.current.load_full()
+    }
+
+    /// A new config file (reload).
+    pub fn set_config(&self, config: Config) -> Arc<Policy> {
+        self.update(|i| i.config = config)
+    }
+
+    /// The API server's version (start-up, or re-read after a reconnect).
+    pub fn set_server_version(&self, version: KubeVersion) -> Arc<Policy> {
+        self.update(|i| i.env.server_version = Some(version))
+    }
+
+    /// The zones of the cluster's Nodes (`None`: not known).
+    pub fn set_cluster_zones(&self, zones: Option<BTreeSet<String>>) -> Arc<Policy> {
+        self.update(|i| i.env.cluster_zones = zones)
+    }
+
+    /// Changes one input and rebuilds the policy from all of them, under the
+    /// lock, so concurrent updates are applied one after the other and each
+    /// sees the others' latest inputs.
+    fn update(&self, change: impl FnOnce(&mut Inputs)) -> Arc<Policy> {
+        let mut inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut inputs);
+        let policy = Arc::new(Policy::new(inputs.config.clone(), &inputs.env));
+        let before = self.current.load();
+        // Logged once per change of what zonewise sends, not per review.
+        if policy.routing != before.routing
+            && let Some(note) = policy.routing.note()
+        {
+            warn!(%note, "service.routing adjusted for the API server version");
+        }
+        self.current.store(policy.clone());
+        policy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Routing;
+
+    fn v(minor: u32) -> KubeVersion {
+        KubeVersion::new(1, minor)
+    }
+
+    #[test]
+    fn the_cluster_version_wins_then_the_flag_then_the_config() {
+        let config = Config::from_yaml("kubernetesVersion: \"1.30\"\n").unwrap();
+        let mut env = Environment::default();
+        let p = Policy::new(config.clone(), &env);
+        assert_eq!(
+            (p.version, p.version_source),
+            (Some(v(30)), VersionSource::Config)
+        );
+        assert_eq!(p.routing.mode, RoutingMode::Annotation);
+        env.version_flag = Some(v(33));
+        let p = Policy::new(config.clone(), &env);
+        assert_eq!(
+            (p.version, p.version_source),
+            (Some(v(33)), VersionSource::Flag)
+        );
+        env.server_version = Some(v(36));
+        let p = Policy::new(config, &env);
+        assert_eq!(
+            (p.version, p.version_source),
+            (Some(v(36)), VersionSource::Cluster)
+        );
+        assert_eq!(p.routing.mode, RoutingMode::Field("PreferSameZone"));
+        assert!(p.describe().contains("1.36 (from the API server)"));
+    }
+
+    #[test]
+    fn zones_from_the_cluster_else_the_config() {
+        let config = Config::from_yaml("zones: [a, b, c]\n").unwrap();
+        let mut env = Environment::default();
+        assert_eq!(Policy::new(config.clone(), &env).zones.unwrap().len(), 3);
+        env.cluster_zones = Some(["x".to_string(), "y".to_string()].into());
+        assert_eq!(Policy::new(config, &env).zones.unwrap().len(), 2);
+        assert_eq!(Policy::default().zones, None);
+    }
+
+    #[test]
+    fn own_namespace_is_excluded() {
+        let env = Environment {
+            own_namespace: Some("platform".into()),
+            ..Environment::default()
+        };
+        let p = Policy::new(Config::default(), &env);
+        assert!(p.excluded.contains("platform"));
+        assert!(p.excluded.contains("kube-system"));
+    }
+
+    #[test]
+    fn describe_states_substitutions_and_deprecations() {
+        let c = |y: &str| Config::from_yaml(y).unwrap();
+        let env = |minor| Environment {
+            version_flag: Some(v(minor)),
+            ..Environment::default()
+        };
+        let d = Policy::new(c("service: {routing: PreferSameZone}"), &env(33)).describe();
+        assert!(
+            d.contains("zone-routing: trafficDistribution: PreferClose"),
+            "{d}"
+        );
+        assert!(d.contains("not accepted by Kubernetes 1.33"), "{d}");
+        let d = Policy::new(c("service: {routing: PreferClose}"), &env(36)).describe();
+        assert!(d.contains("deprecated on Kubernetes 1.36"), "{d}");
+        let d = Policy::new(c("kubernetesVersion: \"1.27\""), &Environment::default()).describe();
+        assert!(d.contains("outside the supported 1.29–1.36"), "{d}");
+    }
+
+    /// A config reloader and a version tracker updating at once, many
+    /// times: once both are done, the policy holds the reloader's last config
+    /// and the tracker's last version, and the routing derived from both.
+    /// (With two stores each rebuilt from the other's last value, a reload
+    /// could rebuild from a version the tracker had already replaced, and
+    /// the newer version was lost until the next reconnect.)
+    #[test]
+    fn concurrent_reloads_and_version_changes_never_undo_each_other() {
+        let routings = [Routing::Auto, Routing::Annotation, Routing::PreferSameZone];
+        for round in 0..200usize {
+            let live = Arc::new(LivePolicy::new(Config::default(), Environment::default()));
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let (l, b) = (live.clone(), barrier.clone());
+            let reloader = std::thread::spawn(move || {
+                b.wait();
+                let mut last = Routing::Auto;
+                for i in 0..100 {
+                    let mut c = Config::default();
+                    last = routings[(round + i) % 3];
+                    c.service.routing = last;
+                    l.set_config(c);
+                }
+                last
+            });
+            let (l, b) = (live.clone(), barrier);
+            let tracker = std::thread::spawn(move || {
+                b.wait();
+                let mut last = v(29);
+                for i in 0..100 {
+                    last = v(29 + ((round + i) % 8) as u32);
+                    l.set_server_version(last);
+                }
+                last
+            });
+            let (routing, version) = (reloader.join().unwrap(), tracker.join().unwrap());
+            let p = live.load_full();
+            assert_eq!(p.config.service.routing, routing, "round {round}");
+            assert_eq!(p.version, Some(version), "round {round}");
+            assert_eq!(p.routing, versions::resolve_routing(routing, Some(version)));
+        }
+    }
+}
