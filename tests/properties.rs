@@ -5,18 +5,26 @@
 //! no panic; every patch applies to the full object; the result still
 //! parses as the k8s-openapi type whenever the input did; a second review
 //! adds nothing; nothing outside the rules' own paths changes; and the
-//! sparse and full parses give the same answer.
+//! sparse and full parses give the same answer; and every rule reads only
+//! the paths it declares in the rule table (run on the object pruned to its
+//! declared paths, it answers exactly as on the whole object).
 
 mod common;
 
 use base64::Engine;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
+use serde::de::DeserializeSeed;
 use serde_json::{Map, Value, json};
+use zonewise::admission::{Kind, Operation};
 use zonewise::config::Config;
-use zonewise::lookups::NoCluster;
+use zonewise::lookups::{
+    DaemonSetEntry, DaemonSetFacts, InMemory, Lookups, NoCluster, ServiceFacts,
+};
 use zonewise::policy::{Environment, Policy};
 use zonewise::review::{Endpoint, review};
+use zonewise::rules::{self, Action, Context, Mutation, Read, RuleSpec};
+use zonewise::sparse::{Budget, Interest, Sparse};
 use zonewise::wire::{self, Objects};
 
 // --------------------------------------------------------------- strategies
@@ -113,6 +121,28 @@ fn annotations() -> impl Strategy<Value = Value> {
                 Just("service.beta.kubernetes.io/aws-load-balancer-attributes"),
                 prop_oneof![Just("a=b"), Just("load_balancing.cross_zone.enabled=true")]
             ),
+            (
+                Just(
+                    "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled"
+                ),
+                prop_oneof![Just("true"), Just("false")]
+            ),
+            (
+                Just("zonewise.io/calls"),
+                prop_oneof![
+                    Just("cache"),
+                    Just("web.billing, web"),
+                    Just("orders,payments.billing")
+                ]
+            ),
+            (
+                Just("kubectl.kubernetes.io/last-applied-configuration"),
+                prop_oneof![
+                    Just(r#"{"spec":{"replicas":2}}"#),
+                    Just(r#"{"spec":{}}"#),
+                    Just("not json")
+                ]
+            ),
         ],
         0..3,
     );
@@ -142,6 +172,23 @@ fn metadata() -> impl Strategy<Value = Value> {
         })
 }
 
+/// Field managers as the API server records them (server-side apply or
+/// not, owning `spec.replicas` or not).
+fn managed_fields() -> impl Strategy<Value = Value> {
+    prop::collection::vec(
+        (prop_oneof![Just("Apply"), Just("Update")], any::<bool>()).prop_map(|(op, owns)| {
+            let fields = if owns {
+                json!({"f:spec": {"f:replicas": {}}})
+            } else {
+                json!({"f:spec": {"f:template": {}}})
+            };
+            json!({"manager": "m", "operation": op, "fieldsV1": fields})
+        }),
+        0..3,
+    )
+    .prop_map(Value::Array)
+}
+
 fn service() -> impl Strategy<Value = Value> {
     let spec = (
         maybe(
@@ -160,9 +207,16 @@ fn service() -> impl Strategy<Value = Value> {
         maybe(
             prop_oneof![Just("service.k8s.aws/nlb"), Just("metallb.io/l2")].prop_map(|s| json!(s)),
         ),
+        (
+            maybe(prop_oneof![Just("Local"), Just("Cluster")].prop_map(|s| json!(s))),
+            maybe(prop_oneof![
+                Just(json!(["None"])),
+                Just(json!(["10.0.0.2"]))
+            ]),
+        ),
         prop::option::of((key(), any_json())),
     )
-        .prop_map(|(ty, sel, cip, itp, td, lbc, extra)| {
+        .prop_map(|(ty, sel, cip, itp, td, lbc, (etp, cips), extra)| {
             let mut m = Map::new();
             m.insert("ports".into(), json!([{"port": 80, "protocol": "TCP"}]));
             put(&mut m, "type", ty);
@@ -171,6 +225,8 @@ fn service() -> impl Strategy<Value = Value> {
             put(&mut m, "internalTrafficPolicy", itp);
             put(&mut m, "trafficDistribution", td);
             put(&mut m, "loadBalancerClass", lbc);
+            put(&mut m, "externalTrafficPolicy", etp);
+            put(&mut m, "clusterIPs", cips);
             if let Some((k, v)) = extra {
                 m.entry(k).or_insert(v);
             }
@@ -199,19 +255,40 @@ fn constraint() -> impl Strategy<Value = Value> {
         .prop_map(|(k, w)| json!({"maxSkew": 1, "topologyKey": k, "whenUnsatisfiable": w}))
 }
 
+fn node_term() -> impl Strategy<Value = Value> {
+    (
+        prop::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c")], 1..3),
+        prop_oneof![Just("In"), Just("NotIn"), Just("Exists")],
+        any::<bool>(),
+    )
+        .prop_map(|(z, op, empty)| {
+            if empty {
+                json!({})
+            } else {
+                json!({"matchExpressions": [{"key": ZONE, "operator": op, "values": z}]})
+            }
+        })
+}
+
 fn affinity() -> impl Strategy<Value = Value> {
     (
-        prop::option::of(prop::collection::vec(prop_oneof![Just("a"), Just("b")], 1..3)),
-        prop::option::of(Just(json!([{"weight": 5, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "orders"}}, "topologyKey": ZONE}}]))),
+        prop::option::of(prop::collection::vec(node_term(), 1..3)),
+        prop::option::of(prop_oneof![
+            Just(json!([{"weight": 5, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "orders"}}, "topologyKey": ZONE}}])),
+            Just(json!([{"weight": 5, "podAffinityTerm": {"labelSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["orders"]}]}, "topologyKey": ZONE}}])),
+        ]),
+        prop::option::of(Just(json!({"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": HOST}]}))),
     )
-        .prop_map(|(zones, pref)| {
+        .prop_map(|(terms, pref, anti)| {
             let mut a = Map::new();
-            if let Some(z) = zones {
+            if let Some(terms) = terms {
                 a.insert(
                     "nodeAffinity".into(),
-                    json!({"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                        {"matchExpressions": [{"key": ZONE, "operator": "In", "values": z}]}]}}),
+                    json!({"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}),
                 );
+            }
+            if let Some(anti) = anti {
+                a.insert("podAntiAffinity".into(), anti);
             }
             if let Some(p) = pref {
                 a.insert("podAffinity".into(), json!({"preferredDuringSchedulingIgnoredDuringExecution": p}));
@@ -244,11 +321,27 @@ fn deployment() -> impl Strategy<Value = Value> {
             }
             Value::Object(m)
         });
-    (metadata(), string_map(20), maybe(pod_spec), maybe(any::<u8>().prop_map(|n| json!(n))))
-        .prop_map(|(meta, mut labels, pod, replicas)| {
+    (
+        (metadata(), prop::option::of(managed_fields())),
+        string_map(20),
+        maybe(pod_spec),
+        maybe((0u8..8).prop_map(|n| json!(n))),
+        prop::option::of(prop_oneof![
+            Just(json!({"zonewise.io/calls": "orders"})),
+            Just(json!({"zonewise.io/skip": "true", "x": "y"})),
+        ]),
+    )
+        .prop_map(|((mut meta, managed), mut labels, pod, replicas, template_ann)| {
+            if let Some(m) = managed {
+                meta["managedFields"] = m;
+            }
             labels.insert("app".into(), json!("web"));
             let mut template = Map::new();
-            template.insert("metadata".into(), json!({"labels": labels.clone()}));
+            let mut template_meta = json!({"labels": labels.clone()});
+            if let Some(a) = template_ann {
+                template_meta["annotations"] = a;
+            }
+            template.insert("metadata".into(), template_meta);
             put(&mut template, "spec", pod);
             let mut spec = Map::new();
             spec.insert("selector".into(), json!({"matchLabels": {"app": "web"}}));
@@ -263,10 +356,55 @@ fn policy() -> impl Strategy<Value = Policy> {
         Just(""),
         Just("service: {routing: annotation, loadBalancer: {setType: true, crossZone: disabled}}"),
         Just("service: {localPolicy: warn, routing: PreferSameZone}"),
-        Just("deployment: {zoneSpread: {whenUnsatisfiable: DoNotSchedule, minDomains: 3, nodeSpread: false}}"),
+        Just("kubernetesVersion: \"1.34\"\nservice: {localPolicy: convert}\nzones: [a, b, c]"),
+        Just("kubernetesVersion: \"1.30\"\nzones: [a, b]"),
+        Just("deployment: {zoneSpread: {whenUnsatisfiable: DoNotSchedule, minDomains: 3, nodeSpread: false}}\nzones: [a, b, c, d]"),
         Just("callGraph: [{from: shop/web, to: [shop/orders, billing/payments]}]\nserviceSelectors: {billing/payments: {app: pay}}"),
     ]
     .prop_map(|y| Policy::new(Config::from_yaml(y).unwrap(), &Environment::default()))
+}
+
+/// No cluster, or a small one: Local and non-Local callees, a DaemonSet,
+/// a namespace with the readiness-gate label.
+fn lookups() -> impl Strategy<Value = InMemoryOrNone> {
+    any::<bool>().prop_map(|cluster| {
+        if !cluster {
+            return InMemoryOrNone(None);
+        }
+        let facts = |app: &str, local| ServiceFacts {
+            selector: Some([("app".to_string(), app.to_string())].into()),
+            local,
+        };
+        InMemoryOrNone(Some(
+            InMemory::default()
+                .with_service("shop", "orders", facts("orders", false))
+                .with_service("shop", "cache", facts("node-cache", true))
+                .with_service("billing", "web", facts("billing-web", false))
+                .with_daemonset(
+                    "shop",
+                    DaemonSetEntry {
+                        labels: [("app".to_string(), "node-cache".to_string())].into(),
+                        facts: DaemonSetFacts {
+                            name: "node-cache".into(),
+                            restricted: false,
+                        },
+                    },
+                )
+                .with_readiness_gate("shop"),
+        ))
+    })
+}
+
+#[derive(Debug, Clone)]
+struct InMemoryOrNone(Option<InMemory>);
+
+impl InMemoryOrNone {
+    fn get(&self) -> &dyn Lookups {
+        match &self.0 {
+            Some(m) => m,
+            None => &NoCluster,
+        }
+    }
 }
 
 // --------------------------------------------------------------- checking
@@ -320,6 +458,9 @@ const APPENDABLE: &[&str] = &[
 /// the API server treats as absent.
 const REPLACEABLE: &[&str] = &[
     "/metadata/annotations/zonewise.io~1applied",
+    // localPolicy: convert replaces Local with PreferSameNode.
+    "/spec/internalTrafficPolicy",
+    "/spec/trafficDistribution",
     "/metadata/annotations/service.beta.kubernetes.io~1aws-load-balancer-attributes",
 ];
 
@@ -394,8 +535,117 @@ fn check(kind: &str, obj: &Value, policy: &Policy) -> Result<(), TestCaseError> 
     Ok(())
 }
 
+/// `obj` with only the parts at `reads` (what the admission path would
+/// keep if those were all that was declared).
+fn prune(obj: &Value, reads: &[Read]) -> Value {
+    let interest = Interest::of_paths(reads.iter().map(|r| r.path));
+    let text = serde_json::to_string(obj).unwrap();
+    let mut de = serde_json::Deserializer::from_str(&text);
+    Sparse(&interest, &Budget::new(usize::MAX))
+        .deserialize(&mut de)
+        .unwrap()
+}
+
+/// What one rule row says about `obj`: its verdict, patch and warnings.
+fn run_rule(
+    spec: &RuleSpec,
+    kind: Kind,
+    obj: &Value,
+    policy: &Policy,
+    lookups: &dyn Lookups,
+) -> String {
+    let ctx = Context {
+        kind,
+        namespace: "shop",
+        operation: Operation::Create,
+        can_patch: true,
+        policy,
+        lookups,
+    };
+    let mut m = Mutation::new(obj);
+    let verdict = match spec.action {
+        Action::Mutate(f) => format!("{:?}", f(obj, &ctx, &mut m)),
+        Action::Check(f) => format!("{:?}", f(obj, None, &ctx, &mut m)),
+    };
+    let warnings: Vec<&str> = m.warnings.texts().collect();
+    format!(
+        "{verdict} {} {warnings:?}",
+        serde_json::to_string(&m.patch.into_patch()).unwrap()
+    )
+}
+
+/// Each rule answers the same on the object pruned to the paths it (and the
+/// pipeline) declares as on the whole object: a rule that reads a path it
+/// did not declare would see nothing there on the admission path, and the
+/// two answers would differ.
+fn rules_read_only_what_they_declare(
+    kind: Kind,
+    obj: &Value,
+    policy: &Policy,
+    lookups: &dyn Lookups,
+) -> Result<(), TestCaseError> {
+    if rules::typed_check(kind, obj, true).is_err() {
+        return Ok(());
+    }
+    for spec in rules::rules_for(kind) {
+        let reads = [rules::pipeline_reads(kind), spec.reads.to_vec()].concat();
+        let pruned = prune(obj, &reads);
+        prop_assert_eq!(
+            run_rule(spec, kind, obj, policy, lookups),
+            run_rule(spec, kind, &pruned, policy, lookups),
+            "{} reads a path it does not declare; pruned object: {}",
+            spec.rule,
+            pruned
+        );
+    }
+    Ok(())
+}
+
+/// The same over every fixture object, Ingresses and StatefulSets included.
+#[test]
+fn fixture_objects_are_read_only_where_declared() {
+    for case in common::CASES.iter() {
+        let review: Value = serde_json::from_slice(&common::fixture(&case.name)).unwrap();
+        let obj = &review["request"]["object"];
+        let (group, version) = (
+            &review["request"]["kind"]["group"],
+            &review["request"]["kind"]["version"],
+        );
+        let gvk = zonewise::admission::GroupVersionKind::new(
+            group.as_str().unwrap(),
+            version.as_str().unwrap(),
+            review["request"]["kind"]["kind"].as_str().unwrap(),
+        );
+        let Some(kind) = Kind::of(&gvk) else { continue };
+        if obj.is_null() {
+            continue;
+        }
+        let policy = case.policy();
+        rules_read_only_what_they_declare(kind, obj, &policy, &NoCluster)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn service_rules_read_only_what_they_declare(obj in service(), policy in policy(), l in lookups()) {
+        rules_read_only_what_they_declare(Kind::Service, &obj, &policy, l.get())?;
+    }
+
+    #[test]
+    fn workload_rules_read_only_what_they_declare(obj in deployment(), policy in policy(), l in lookups(), sts in any::<bool>()) {
+        let mut obj = obj;
+        let kind = if sts {
+            obj["kind"] = json!("StatefulSet");
+            Kind::StatefulSet
+        } else {
+            Kind::Deployment
+        };
+        rules_read_only_what_they_declare(kind, &obj, &policy, l.get())?;
+    }
+
 
     #[test]
     fn services(obj in service(), policy in policy()) {

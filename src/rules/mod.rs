@@ -198,13 +198,17 @@ pub fn rules_for(kind: Kind) -> impl Iterator<Item = &'static RuleSpec> {
     RULES.iter().filter(move |r| r.kinds.contains(&kind))
 }
 
+/// What the pipeline itself reads of an object of `kind`, before any rule.
+pub fn pipeline_reads(kind: Kind) -> Vec<Read> {
+    [OBJECT_READS, kind_spec(kind).reads].concat()
+}
+
 /// Every path read of an object of `kind` (pipeline and rules), or of its
 /// old object when `old`.
 pub fn declared_reads(kind: Kind, old: bool) -> Vec<Read> {
     let mut out: Vec<Read> = Vec::new();
     if !old {
-        out.extend_from_slice(OBJECT_READS);
-        out.extend_from_slice(kind_spec(kind).reads);
+        out.extend(pipeline_reads(kind));
     }
     for r in rules_for(kind) {
         out.extend_from_slice(if old { r.reads_old } else { r.reads });
