@@ -128,8 +128,18 @@ pub struct ServeArgs {
     #[arg(long, env = "ZONEWISE_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub write_timeout: Duration,
     /// Open TLS connections at most; further ones are closed on accept.
-    #[arg(long, env = "ZONEWISE_MAX_CONNECTIONS", default_value_t = 10_000)]
-    pub max_connections: usize,
+    /// Default: sized from the memory limit (about 900 at 128 MiB).
+    #[arg(long, env = "ZONEWISE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// The memory this process may use, which sizes the defaults of
+    /// --max-connections and --max-inflight-bytes. Default: the cgroup's
+    /// limit, if any (set it from the pod's limits.memory otherwise).
+    #[arg(long, env = "ZONEWISE_MEMORY_LIMIT", value_parser = parse_size)]
+    pub memory_limit: Option<usize>,
+    /// Request body bytes held at once over all connections; beyond it, 503
+    /// with Retry-After. Default: a quarter of the memory limit.
+    #[arg(long, env = "ZONEWISE_MAX_INFLIGHT_BYTES", value_parser = parse_size)]
+    pub max_inflight_bytes: Option<usize>,
     /// How often the certificate and config files are checked for changes.
     #[arg(long, env = "ZONEWISE_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub reload_interval: Duration,
@@ -255,6 +265,11 @@ pub fn serve_options(args: &ServeArgs) -> ServeOptions {
             dir: args.dev_cert_dir.clone(),
         },
     };
+    let limit = args
+        .memory_limit
+        .map(|n| n as u64)
+        .or_else(server::Sizing::memory_limit);
+    let sizing = server::Sizing::for_memory(limit);
     ServeOptions {
         tls,
         client_ca: args.client_ca.clone(),
@@ -262,13 +277,22 @@ pub fn serve_options(args: &ServeArgs) -> ServeOptions {
         limits: RequestLimits {
             max_body_bytes: args.max_body_bytes,
             request_timeout: args.request_timeout,
+            max_inflight_bytes: args
+                .max_inflight_bytes
+                .unwrap_or(sizing.max_inflight_bytes)
+                .max(args.max_body_bytes),
+            large_reviews: args.worker_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+            }),
         },
         conn: ConnLimits {
             tls_handshake_timeout: args.tls_handshake_timeout,
             header_read_timeout: args.header_read_timeout,
             idle_timeout: args.idle_timeout,
             write_timeout: args.write_timeout,
-            max_connections: args.max_connections,
+            max_connections: args.max_connections.unwrap_or(sizing.max_connections),
+            // One connection may hold one body of the largest size.
+            max_conn_inflight_bytes: args.max_body_bytes,
             ..ConnLimits::default()
         },
         shutdown_grace: args.shutdown_grace,
@@ -475,9 +499,9 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     let n: usize = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
     let mult: usize = match unit.trim() {
         "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
+        "KiB" | "Ki" => 1 << 10,
+        "MiB" | "Mi" => 1 << 20,
+        "GiB" | "Gi" => 1 << 30,
         "KB" | "kB" => 1000,
         "MB" => 1_000_000,
         other => {
@@ -519,6 +543,18 @@ mod tests {
         let opts = serve_options(&args);
         assert!(matches!(opts.tls, TlsSource::Dev { ref dir } if dir == Path::new("certs/dev")));
         assert!(opts.config.is_none());
+    }
+
+    #[test]
+    fn defaults_sized_from_the_memory_limit() {
+        const MIB: u64 = 1024 * 1024;
+        let pod = server::Sizing::for_memory(Some(128 * MIB));
+        assert_eq!(pod.max_inflight_bytes, 32 * 1024 * 1024);
+        // 128 MiB at ~47 KiB an idle connection fits ~2,700; leave room.
+        assert!((800..1_000).contains(&pod.max_connections), "{pod:?}");
+        let laptop = server::Sizing::for_memory(None);
+        assert_eq!(laptop.max_connections, 10_000);
+        assert_eq!(laptop.max_inflight_bytes, 256 * 1024 * 1024);
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub struct Metrics {
     pub cert_expiry: Gauge,
     pub connections_open: Gauge,
     pub connections_rejected: Counter,
+    pub inflight_rejections: Counter,
     pub tls_handshake_failures: Counter,
     pub lookup_fallbacks: Family<ReasonLabels, Counter>,
     pub cache_objects: Family<KindLabels, Gauge>,
@@ -140,6 +141,7 @@ impl Default for Metrics {
             cert_expiry: Gauge::default(),
             connections_open: Gauge::default(),
             connections_rejected: Counter::default(),
+            inflight_rejections: Counter::default(),
             tls_handshake_failures: Counter::default(),
             lookup_fallbacks: Family::default(),
             cache_objects: Family::default(),
@@ -172,6 +174,11 @@ impl Default for Metrics {
             "routing_substitutions",
             "Services given a routing value other than the configured one, which their API server version would not accept",
             m.routing_substitutions.clone(),
+        );
+        registry.register(
+            "inflight_rejections",
+            "Requests answered 503 because the budget for request bytes in flight was spent",
+            m.inflight_rejections.clone(),
         );
         registry.register(
             "bad_requests",

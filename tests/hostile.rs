@@ -444,3 +444,622 @@ async fn logs_carry_no_object_content() {
         "object content leaked into the logs:\n{logs}"
     );
 }
+
+// ------------------------------------------------------------------------
+// Memory and time per request (a pod's limit is 128 MiB): each test runs an
+// attack against the real binary sized for that limit while a well-behaved
+// client sends 20 reviews a second, and checks the server's peak resident
+// memory, what the attacker got back, and the good client's errors and
+// latency.
+
+const POD_LIMIT_KIB: u64 = 128 * 1024;
+
+impl Hostile {
+    /// The binary as deployed: sized for a 128 MiB limit.
+    fn pod(extra: &[&str]) -> Hostile {
+        let mut args = vec!["--memory-limit=128MiB"];
+        args.extend_from_slice(extra);
+        Hostile::start(&args)
+    }
+
+    async fn h2_raw(&self, builder: h2::client::Builder) -> H2Raw {
+        let tls = tls_connect(self.server.addr, client_connector(&self.ca, &[b"h2"], None)).await;
+        let (send, mut conn) = builder.handshake::<_, bytes::Bytes>(tls).await.unwrap();
+        let ping = conn.ping_pong();
+        let conn = tokio::spawn(conn);
+        H2Raw { send, conn, ping }
+    }
+
+    fn assert_within_pod_limit(&self, what: &str) {
+        let peak = self.server.peak_rss_kib();
+        eprintln!("{what}: peak RSS {peak} KiB");
+        assert!(peak < POD_LIMIT_KIB, "{what}: peak RSS {peak} KiB");
+    }
+}
+
+struct H2Raw {
+    send: h2::client::SendRequest<bytes::Bytes>,
+    conn: tokio::task::JoinHandle<Result<(), h2::Error>>,
+    ping: Option<h2::PingPong>,
+}
+
+fn post(len: Option<usize>) -> http::Request<()> {
+    let mut b = http::Request::builder()
+        .method("POST")
+        .uri("https://localhost/mutate")
+        .header("content-type", "application/json");
+    if let Some(n) = len {
+        b = b.header("content-length", n);
+    }
+    b.body(()).unwrap()
+}
+
+/// Sends `body` on an h2 stream as flow control allows; stops when the
+/// server resets the stream. Returns the bytes sent.
+async fn h2_send(mut stream: h2::SendStream<bytes::Bytes>, body: bytes::Bytes) -> usize {
+    let mut sent = 0;
+    while sent < body.len() {
+        stream.reserve_capacity((body.len() - sent).min(64 * 1024));
+        match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(Ok(n)) if n > 0 => {
+                let end = sent + n;
+                if stream
+                    .send_data(body.slice(sent..end), end == body.len())
+                    .is_err()
+                {
+                    break;
+                }
+                sent = end;
+            }
+            Some(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    sent
+}
+
+/// A response read whole from an h2 stream: (status, body).
+async fn h2_answer(resp: h2::client::ResponseFuture) -> Result<(u16, Vec<u8>), h2::Error> {
+    let resp = resp.await?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    Ok((status, out))
+}
+
+/// What the well-behaved client saw.
+#[derive(Debug)]
+struct GoodReport {
+    ok: usize,
+    errors: Vec<String>,
+    max: Duration,
+    p99: Duration,
+}
+
+/// 20 reviews a second on a keep-alive HTTP/1.1 connection (a new one
+/// after any failure), each with a 2 s deadline.
+struct GoodClient {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<GoodReport>,
+}
+
+impl GoodClient {
+    async fn start(h: &Hostile) -> GoodClient {
+        let (addr, ca) = (h.server.addr, h.ca.clone());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let body = fixture("deploy-plain");
+        let task = tokio::spawn(async move {
+            let mut report = GoodReport {
+                ok: 0,
+                errors: Vec::new(),
+                max: Duration::ZERO,
+                p99: Duration::ZERO,
+            };
+            let mut latencies = Vec::new();
+            let mut client: Option<Client> = None;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let tick = tokio::time::sleep(Duration::from_millis(50));
+                let start = Instant::now();
+                let attempt = async {
+                    if client.is_none() {
+                        let tls =
+                            tls_connect(addr, client_connector(&ca, &[b"http/1.1"], None)).await;
+                        client = Some(Client::h1(tls).await);
+                    }
+                    let c = client.as_mut().expect("connected");
+                    let req = http::Request::builder()
+                        .method("POST")
+                        .uri("/mutate")
+                        .header("host", "localhost")
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+                        .unwrap();
+                    c.send(req).await.map_err(|e| e.to_string())
+                };
+                match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                    Ok(Ok(r)) if r.status == 200 && decode_answer(&r.body).patch.is_some() => {
+                        report.ok += 1;
+                        latencies.push(start.elapsed());
+                    }
+                    Ok(Ok(r)) => {
+                        report.errors.push(format!("status {}", r.status));
+                        client = None;
+                    }
+                    Ok(Err(e)) => {
+                        report.errors.push(e);
+                        client = None;
+                    }
+                    Err(_) => {
+                        report.errors.push("timed out".into());
+                        client = None;
+                    }
+                }
+                tick.await;
+            }
+            latencies.sort();
+            if let Some(&max) = latencies.last() {
+                report.max = max;
+                report.p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+            }
+            report
+        });
+        GoodClient { stop, task }
+    }
+
+    /// Stops, and checks the client was served every time, promptly.
+    async fn finish(self, what: &str) -> GoodReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = self.task.await.unwrap();
+        eprintln!(
+            "{what}: good client {} ok, errors {:?}, p99 {:?}, max {:?}",
+            r.ok, r.errors, r.p99, r.max
+        );
+        assert!(
+            r.errors.is_empty(),
+            "{what}: the good client saw errors: {:?}",
+            r.errors
+        );
+        assert!(
+            r.ok >= 10,
+            "{what}: the good client was served {} times",
+            r.ok
+        );
+        assert!(
+            r.max < Duration::from_secs(1),
+            "{what}: the good client waited {:?}",
+            r.max
+        );
+        r
+    }
+}
+
+/// A review of a Deployment with `annotations` (and selector labels).
+fn deployment_review(annotations: serde_json::Value, selector_labels: usize) -> Vec<u8> {
+    let mut review: serde_json::Value = serde_json::from_slice(&fixture("deploy-plain")).unwrap();
+    let obj = &mut review["request"]["object"];
+    obj["metadata"]["annotations"] = annotations;
+    let mut labels = serde_json::Map::new();
+    labels.insert("app".into(), "web".into());
+    for i in 0..selector_labels {
+        labels.insert(format!("label-{i:05}"), format!("value-{i:05}").into());
+    }
+    obj["spec"]["selector"]["matchLabels"] = serde_json::Value::Object(labels);
+    serde_json::to_vec(&review).unwrap()
+}
+
+/// 12.3: an h2 client that posts 20 MiB reads its 413, and its other
+/// streams (and later ones) on the same connection are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_reads_its_413_and_its_connection_goes_on() {
+    let h = Hostile::pod(&[]);
+    let mut c = h.h2_raw(h2::client::Builder::new()).await;
+    let big = bytes::Bytes::from(vec![b' '; 20 * 1024 * 1024]);
+    let (too_big, stream) = c.send.send_request(post(Some(big.len())), false).unwrap();
+    let sending = tokio::spawn(h2_send(stream, big.clone()));
+    // Another stream, at the same time.
+    let good = fixture("svc-clusterip");
+    let (other, mut s) = c
+        .send
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(post(Some(good.len())), false)
+        .unwrap();
+    s.send_data(bytes::Bytes::from(good.clone()), true).unwrap();
+    let (status, body) = h2_answer(too_big)
+        .await
+        .expect("the 413 is read, not a stream error");
+    assert_eq!(status, 413);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["reason"], "body_too_large");
+    let (status, body) = h2_answer(other).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(decode_answer(&body).patch.is_some());
+    // The server reset the big stream (NO_ERROR) instead of reading 20 MiB.
+    let sent = sending.await.unwrap();
+    assert!(sent < big.len(), "sent {sent} of {} bytes", big.len());
+    // The connection goes on.
+    let (again, mut s) = c
+        .send
+        .ready()
+        .await
+        .unwrap()
+        .send_request(post(Some(good.len())), false)
+        .unwrap();
+    s.send_data(bytes::Bytes::from(good.clone()), true).unwrap();
+    assert_eq!(h2_answer(again).await.unwrap().0, 200);
+
+    // curl, as the problem was first seen: exit 0 with the 413, over h2,
+    // declared length and streamed alike.
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, body_file) = (dir.path().join("ca.crt"), dir.path().join("big.json"));
+    std::fs::write(&ca, &h.ca).unwrap();
+    std::fs::write(&body_file, &big).unwrap();
+    for upload in [["--data-binary", "@big.json"], ["-T", "big.json"]] {
+        let out = std::process::Command::new("curl")
+            .current_dir(dir.path())
+            .args([
+                "-s",
+                "--http2",
+                "-X",
+                "POST",
+                "-w",
+                "\n%{http_version} %{http_code}",
+                "--cacert",
+                "ca.crt",
+            ])
+            .args(["-H", "Content-Type: application/json"])
+            .args(upload)
+            .arg(format!("https://localhost:{}/mutate", h.server.addr.port()))
+            .output()
+            .expect("curl is needed for this test");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl {upload:?}: {:?} {text}",
+            out.status
+        );
+        assert!(
+            text.ends_with("\n2 413") && text.contains("body_too_large"),
+            "curl {upload:?}: {text}"
+        );
+    }
+    h.still_serves().await;
+}
+
+/// 12.4.1: a skip list of a million items costs a few warnings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_item_skip_list_gets_a_small_answer() {
+    let h = Hostile::pod(&[]);
+    let good = GoodClient::start(&h).await;
+    let items: Vec<String> = (0..100_000).map(|i| format!("x{i}")).collect();
+    let body = deployment_review(serde_json::json!({"zonewise.io/skip": items.join(",")}), 0);
+    assert!(body.len() > 600_000);
+    let mut c = Client::h1(h.tls().await).await;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        let r = c.post("/mutate", body.clone()).await;
+        assert_eq!(r.status, 200);
+        assert!(r.body.len() < 8 * 1024, "a {} byte answer", r.body.len());
+        let a = decode_answer(&r.body);
+        assert!(a.patch.is_some(), "the rules still ran");
+        assert!(
+            a.warnings.len() <= zonewise::warnings::MAX_COUNT,
+            "{:?}",
+            a.warnings
+        );
+        let chars: usize = a.warnings.iter().map(|w| w.chars().count()).sum();
+        assert!(chars <= zonewise::warnings::MAX_TOTAL_CHARS);
+    }
+    good.finish("skip list").await;
+    h.assert_within_pod_limit("skip list");
+}
+
+/// 12.4.2: two reviews with 80,000 callees each, at once, leave other
+/// clients served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eighty_thousand_callees_do_not_stall_other_clients() {
+    let h = Hostile::pod(&[]);
+    let good = GoodClient::start(&h).await;
+    let calls: Vec<String> = (0..80_000).map(|i| format!("svc-{i}")).collect();
+    let body = deployment_review(serde_json::json!({"zonewise.io/calls": calls.join(",")}), 0);
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::h1(h.tls().await).await;
+        let body = body.clone();
+        // Back to back for a second and a half, two at a time.
+        tasks.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let mut answers = Vec::new();
+            while start.elapsed() < Duration::from_millis(1500) {
+                let t = Instant::now();
+                answers.push((c.review(&body).await, t.elapsed()));
+            }
+            answers
+        }));
+    }
+    let answers: Vec<_> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    for (a, took) in answers {
+        eprintln!("80,000 callees answered in {took:?}");
+        let mut obj =
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["request"]["object"].take();
+        json_patch::patch(&mut obj, a.patch.as_ref().unwrap()).unwrap();
+        let terms = &obj["spec"]["template"]["spec"]["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+        assert_eq!(
+            terms.as_array().unwrap().len(),
+            zonewise::rules::call_affinity::MAX_CALLEES
+        );
+    }
+    good.finish("callees").await;
+    h.assert_within_pod_limit("callees");
+}
+
+/// 12.4.3: bodies held at once are budgeted (per connection and in all),
+/// and only the parts the rules read are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bytes_in_flight_are_budgeted() {
+    let h = Hostile::pod(&["--request-timeout=3s"]);
+    let good = GoodClient::start(&h).await;
+    // 64 h2 streams each declaring 8 MiB and sending 1 MiB of it.
+    let c = h.h2_raw(h2::client::Builder::new()).await;
+    let eight = 8 * 1024 * 1024;
+    let chunk = bytes::Bytes::from(vec![b'{'; 1024 * 1024]);
+    let mut streams = Vec::new();
+    for _ in 0..64 {
+        let Ok(send) = c.send.clone().ready().await else {
+            break;
+        };
+        let Ok((resp, stream)) = send.clone().send_request(post(Some(eight)), false) else {
+            break;
+        };
+        let chunk = chunk.clone();
+        streams.push(tokio::spawn(async move {
+            let _sent = h2_send(stream, chunk).await;
+            h2_answer(resp).await.map(|(s, _)| s)
+        }));
+    }
+    // A Service whose spec holds an ~8 MiB array, and one with ~7 MiB of
+    // tiny annotations, over HTTP/1.1.
+    let mut svc: serde_json::Value = serde_json::from_slice(&fixture("svc-clusterip")).unwrap();
+    svc["request"]["object"]["spec"]["extra"] = serde_json::json!(vec![0; 3_500_000]);
+    let mut c1 = Client::h1(h.tls().await).await;
+    let a = c1.review(&serde_json::to_vec(&svc).unwrap()).await;
+    assert!(
+        a.patch.is_some(),
+        "the array is skipped, the Service reviewed"
+    );
+    let mut ann = serde_json::Map::new();
+    for i in 0..350_000 {
+        ann.insert(format!("k{i}"), "".into());
+    }
+    let mut svc: serde_json::Value = serde_json::from_slice(&fixture("svc-clusterip")).unwrap();
+    svc["request"]["object"]["metadata"]["annotations"] = serde_json::Value::Object(ann);
+    let a = c1.review(&serde_json::to_vec(&svc).unwrap()).await;
+    assert!(
+        a.patch.is_none() && a.warnings.iter().any(|w| w.contains("not reviewed")),
+        "{:?}",
+        a.warnings
+    );
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for s in streams {
+        if let Ok(Ok(code)) = s.await {
+            *statuses.entry(code).or_default() += 1;
+        }
+    }
+    eprintln!("64 streams of 8 MiB on one connection: {statuses:?}");
+    assert!(
+        statuses.get(&503).copied().unwrap_or(0) >= 60,
+        "{statuses:?}"
+    );
+    assert!(h.metric("zonewise_inflight_rejections_total").await >= 60.0);
+    good.finish("in-flight bytes").await;
+    h.assert_within_pod_limit("in-flight bytes");
+}
+
+/// 12.4.4: a client that keeps its h2 window at zero (and pings to look
+/// alive) cannot hold responses: the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_window_cannot_hold_responses_for_ever() {
+    let h = Hostile::pod(&["--write-timeout=2s"]);
+    let good = GoodClient::start(&h).await;
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(0);
+    let mut c = h.h2_raw(b).await;
+    let body = bytes::Bytes::from(deployment_review(serde_json::json!({}), 1500));
+    let mut waiting = Vec::new();
+    for _ in 0..60 {
+        let Ok(send) = c.send.clone().ready().await else {
+            break;
+        };
+        let Ok((resp, mut s)) = send.clone().send_request(post(Some(body.len())), false) else {
+            break;
+        };
+        let _ = s.send_data(body.clone(), true);
+        waiting.push(resp);
+    }
+    let mut ping = c.ping.take().unwrap();
+    let pinging = tokio::spawn(async move {
+        while ping.ping(h2::Ping::opaque()).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let start = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(15), &mut c.conn).await;
+    assert!(
+        closed.is_ok(),
+        "the stalled connection is still open after 15 s"
+    );
+    eprintln!("zero-window connection closed after {:?}", start.elapsed());
+    pinging.abort();
+    good.finish("zero window").await;
+    h.assert_within_pod_limit("zero window");
+}
+
+/// 12.4.5: an h2 request with hundreds of headers is refused, as over
+/// HTTP/1.1, and a flood of them holds little memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_header_floods_are_refused() {
+    let h = Hostile::pod(&[]);
+    let good = GoodClient::start(&h).await;
+    let request = |n: usize| {
+        let mut r = post(Some(2));
+        for i in 0..n {
+            r.headers_mut().append(
+                http::HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                http::HeaderValue::from_static("a"),
+            );
+        }
+        r
+    };
+    // Over the count, under the size: 431, as HTTP/1.1 answers.
+    let c = h.h2_raw(h2::client::Builder::new()).await;
+    let (resp, mut s) = c
+        .send
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request(150), false)
+        .unwrap();
+    let _ = s.send_data(bytes::Bytes::from_static(b"{}"), true);
+    assert_eq!(h2_answer(resp).await.unwrap().0, 431);
+    // 8 connections × 64 streams × 1,900 headers, three times over.
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let c = h.h2_raw(h2::client::Builder::new()).await;
+        for _ in 0..64 {
+            let Ok(send) = c.send.clone().ready().await else {
+                break;
+            };
+            let Ok((resp, mut s)) = send.clone().send_request(request(1900), false) else {
+                break;
+            };
+            let _ = s.send_data(bytes::Bytes::from_static(b"{}"), true);
+            tasks.push(tokio::spawn(h2_answer(resp)));
+        }
+    }
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for t in tasks {
+        let key = match t.await.unwrap() {
+            Ok((status, _)) => status.to_string(),
+            Err(e) => format!("{:?}", e.reason()),
+        };
+        *outcomes.entry(key).or_default() += 1;
+    }
+    eprintln!("1,900-header requests: {outcomes:?}");
+    assert!(!outcomes.contains_key("200"), "{outcomes:?}");
+    good.finish("header flood").await;
+    h.assert_within_pod_limit("header flood");
+}
+
+/// 12.4.6: connections that only PING are idle, and closed as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_only_connections_do_not_keep_their_slots() {
+    let h = Hostile::pod(&["--idle-timeout=2s", "--max-connections=30"]);
+    let mut pingers = Vec::new();
+    for _ in 0..30 {
+        let mut c = h.h2_raw(h2::client::Builder::new()).await;
+        let mut ping = c.ping.take().unwrap();
+        let (conn, send) = (c.conn, c.send);
+        pingers.push(tokio::spawn(async move {
+            // Held, or the client itself would end the connection.
+            let _send = send;
+            let pinging = async {
+                while ping.ping(h2::Ping::opaque()).await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! { _ = conn => {}, _ = pinging => {} }
+        }));
+    }
+    let start = Instant::now();
+    for p in pingers {
+        tokio::time::timeout(Duration::from_secs(10), p)
+            .await
+            .expect("a ping-only connection outlived the idle timeout by far")
+            .unwrap();
+    }
+    eprintln!(
+        "30 ping-only connections closed after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "closed for idleness, not at once"
+    );
+    // The slots are free again.
+    h.still_serves().await;
+    // The pod default is sized from the limit, not 10,000.
+    let pod = zonewise::server::Sizing::for_memory(Some(POD_LIMIT_KIB * 1024));
+    assert!(pod.max_connections < 2_500, "{pod:?}");
+}
+
+/// 12.4.7: identifiers with control characters, or too long for any API
+/// server, are refused; nothing forged or huge reaches a log line, in
+/// either log format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identifiers_cannot_forge_or_flood_log_lines() {
+    for format in ["pretty", "json"] {
+        let h = Hostile::pod(&[&format!("--log-format={format}")]);
+        let mut c = Client::h1(h.tls().await).await;
+        let forged = "abc\n2026-01-01T00:00:00Z  INFO review decision=allowed";
+        for (uid, name) in [
+            (forged.to_string(), "web".to_string()),
+            ("\u{1b}[2J\u{1b}[31mred".to_string(), "web".to_string()),
+            ("u".repeat(1024 * 1024), "web".to_string()),
+            ("u1".to_string(), "n".repeat(7 * 1024 * 1024)),
+        ] {
+            let mut review: serde_json::Value =
+                serde_json::from_slice(&fixture("deploy-plain")).unwrap();
+            review["request"]["uid"] = uid.into();
+            review["request"]["name"] = name.into();
+            let r = c
+                .post("/mutate", serde_json::to_vec(&review).unwrap())
+                .await;
+            assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+            assert!(r.body.len() < 512, "nothing echoed: {} bytes", r.body.len());
+        }
+        h.still_serves().await;
+        let logs = h.server.logs.clone();
+        eventually(
+            "the refusals to be logged",
+            Duration::from_secs(5),
+            async || {
+                logs.lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|l| l.contains("refused request"))
+                    .count()
+                    >= 4
+            },
+        )
+        .await;
+        for line in logs.lock().unwrap().iter() {
+            assert!(
+                !line.contains('\u{1b}'),
+                "{format}: an escape reached the log: {line:?}"
+            );
+            assert!(
+                !line.starts_with("2026-01-01T00:00:00Z"),
+                "{format}: a forged line: {line:?}"
+            );
+            assert!(
+                line.len() < 4096,
+                "{format}: a {} byte log line",
+                line.len()
+            );
+        }
+    }
+}

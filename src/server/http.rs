@@ -2,16 +2,21 @@
 //! happen in [`crate::review`]; this module only turns bytes into a request
 //! and an outcome into bytes, and never answers 5xx for a client's mistake.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::conn::ConnBudget;
 use tracing::{info, warn};
 
 use super::AppState;
@@ -53,6 +58,7 @@ pub struct HttpError {
     /// (The connection layer turns this into `Connection: close` on
     /// HTTP/1.1; h2 has no such header.)
     close: bool,
+    retry_after: Option<u32>,
 }
 
 impl HttpError {
@@ -62,11 +68,17 @@ impl HttpError {
             reason,
             message: message.into(),
             close: false,
+            retry_after: None,
         }
     }
 
     fn closing(mut self) -> Self {
         self.close = true;
+        self
+    }
+
+    fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
         self
     }
 }
@@ -84,6 +96,10 @@ impl IntoResponse for HttpError {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
         resp
     }
 }
@@ -100,14 +116,48 @@ async fn admit(state: &AppState, req: Request, endpoint: Endpoint) -> Response {
     let start = Instant::now();
     let endpoint_name = endpoint.as_str();
     let (parts, body) = req.into_parts();
-    let body = match read_body(state, &parts.headers, body).await {
+    let h2 = parts.version == Version::HTTP_2;
+    let conn = parts.extensions.get::<ConnBudget>().cloned();
+    let (body, _reserved) = match read_body(state, conn.as_ref(), &parts.headers, body).await {
         Ok(b) => b,
-        Err(e) => return refuse(state, e),
+        Err((e, unread)) => {
+            // h2: the unread request body is dropped only once the answer
+            // has gone out, so the stream ends with the response and then
+            // RST_STREAM(NO_ERROR), which tells the client to stop sending
+            // without failing the request (RFC 9113, section 8.1). Dropped
+            // first, it would reset the stream before any answer.
+            let held = if h2 { unread } else { None };
+            return refuse(state, e).map(|b| {
+                Body::new(HoldUntilSent {
+                    inner: b,
+                    _held: held,
+                })
+            });
+        }
     };
     if state.noop_baseline {
         return ([(header::CONTENT_TYPE, "application/json")], NOOP_ANSWER).into_response();
     }
-    let request = match wire::decode(&body) {
+    let policy = state.policy.load_full();
+    let reviewed = if body.len() <= INLINE_REVIEW_BYTES {
+        review_body(&body, &policy, state.lookups.as_ref(), endpoint)
+    } else {
+        // A large body takes milliseconds to parse: off the async workers,
+        // so other connections keep being served, and a few at a time.
+        let Ok(_slot) = state.review_slots.clone().acquire_owned().await else {
+            return refuse(state, busy());
+        };
+        let (policy, lookups) = (policy.clone(), state.lookups.clone());
+        match tokio::task::spawn_blocking(move || {
+            review_body(&body, &policy, lookups.as_ref(), endpoint)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => return refuse(state, busy()),
+        }
+    };
+    let (request, outcome, bytes) = match reviewed {
         Ok(r) => r,
         Err(e) => {
             return refuse(
@@ -116,9 +166,6 @@ async fn admit(state: &AppState, req: Request, endpoint: Endpoint) -> Response {
             );
         }
     };
-    let policy = state.policy.load_full();
-    let outcome = review::review(&request, &policy, state.lookups.as_ref(), endpoint);
-    let bytes = wire::encode(&request.uid, &outcome);
     let elapsed = start.elapsed();
     record(
         state,
@@ -132,20 +179,58 @@ async fn admit(state: &AppState, req: Request, endpoint: Endpoint) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
+/// Bodies up to this size are reviewed on the async worker that read them
+/// (the common case: a review is tens of microseconds); larger ones on the
+/// blocking pool.
+const INLINE_REVIEW_BYTES: usize = 256 * 1024;
+
+type Reviewed = (AdmissionRequest, Outcome, Vec<u8>);
+
+fn review_body(
+    body: &[u8],
+    policy: &Policy,
+    lookups: &dyn crate::lookups::Lookups,
+    endpoint: Endpoint,
+) -> Result<Reviewed, wire::DecodeError> {
+    let request = wire::decode(body)?;
+    let outcome = review::review(&request, policy, lookups, endpoint);
+    let bytes = wire::encode(&request.uid, &outcome);
+    Ok((request, outcome, bytes))
+}
+
 const NOOP_ANSWER: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#;
 
-/// Checks the media type and size, then reads the body within the limits.
-/// A declared length over the limit is refused before reading any of it.
+fn busy() -> HttpError {
+    HttpError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_busy",
+        "too many request bytes in flight; retry shortly",
+    )
+    .closing()
+    .retry_after(1)
+}
+
+/// A refusal together with the request body it did not read.
+type Refusal = (HttpError, Option<Body>);
+
+/// Checks the media type and size, then reads the body within the limits
+/// and the process-wide budget for request bytes in flight, which it
+/// returns reserved until the review is done. A declared length over the
+/// limit (or the budget) is refused before reading any of it.
 async fn read_body(
     state: &AppState,
+    conn: Option<&ConnBudget>,
     headers: &HeaderMap,
-    body: Body,
-) -> Result<bytes::Bytes, HttpError> {
+    mut body: Body,
+) -> Result<(Bytes, Reserved), Refusal> {
     if !is_json(headers) {
-        return Err(HttpError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Content-Type must be application/json",
+        return Err((
+            HttpError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Content-Type must be application/json",
+            ),
+            Some(body),
         ));
     }
     let limit = state.limits.max_body_bytes;
@@ -162,32 +247,171 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+        return Err((too_large(), Some(body)));
     }
-    let read = tokio::time::timeout(
-        state.limits.request_timeout,
-        Limited::new(body, limit).collect(),
-    );
-    match read.await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        // A body that failed mid-way leaves the stream unusable.
-        Ok(Err(e)) => Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "body_unreadable",
-            format!("cannot read body: {e}"),
-        )
-        .closing()),
-        Err(_) => Err(HttpError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "request body not received within {:?}",
-                state.limits.request_timeout
-            ),
-        )
-        .closing()),
+    // Reserve what is declared now; what is not declared, as it arrives.
+    let mut reserved = match reserve(state, conn, declared.unwrap_or(0) as usize) {
+        Some(p) => p,
+        None => return Err((busy(), Some(body))),
+    };
+    let read = async {
+        // Grown as bytes arrive, not sized from the declaration: a client
+        // that declares 8 MiB and sends a byte a second holds a byte.
+        let mut buf =
+            bytes::BytesMut::with_capacity((declared.unwrap_or(0) as usize).min(8 * 1024));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                HttpError::new(
+                    StatusCode::BAD_REQUEST,
+                    "body_unreadable",
+                    format!("cannot read body: {e}"),
+                )
+                .closing()
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if buf.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            let beyond = (buf.len() + data.len()).saturating_sub(reserved.bytes());
+            if beyond > 0 {
+                match reserve(state, conn, beyond) {
+                    Some(more) => reserved.merge(more),
+                    None => return Err(busy()),
+                }
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(buf.freeze())
+    };
+    let read = tokio::time::timeout(state.limits.request_timeout, read).await;
+    match read {
+        Ok(Ok(bytes)) => Ok((bytes, reserved)),
+        Ok(Err(e)) => Err((e, Some(body))),
+        Err(_) => Err((
+            HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "request body not received within {:?}",
+                    state.limits.request_timeout
+                ),
+            )
+            .closing(),
+            Some(body),
+        )),
     }
+}
+
+/// Bytes reserved for one request: from the process-wide budget and from
+/// its connection's share. Released when dropped.
+struct Reserved {
+    global: OwnedSemaphorePermit,
+    conn: Option<OwnedSemaphorePermit>,
+}
+
+impl Reserved {
+    fn bytes(&self) -> usize {
+        self.global.num_permits()
+    }
+
+    fn merge(&mut self, more: Reserved) {
+        self.global.merge(more.global);
+        match (&mut self.conn, more.conn) {
+            (Some(a), Some(b)) => a.merge(b),
+            (a @ None, b) => *a = b,
+            (Some(_), None) => {}
+        }
+    }
+}
+
+/// Takes `n` bytes (at least one, so a reservation always exists to grow)
+/// from the connection's share and the process-wide budget, or `None` when
+/// either is spent: fail fast with 503, never queue a body in memory.
+fn reserve(state: &AppState, conn: Option<&ConnBudget>, n: usize) -> Option<Reserved> {
+    let n = u32::try_from(n.max(1)).ok();
+    let reserved = n.and_then(|n| {
+        let conn = match conn {
+            Some(c) => Some(c.0.clone().try_acquire_many_owned(n).ok()?),
+            None => None,
+        };
+        let global = state.inflight.clone().try_acquire_many_owned(n).ok()?;
+        Some(Reserved { global, conn })
+    });
+    if reserved.is_none() {
+        state.metrics.inflight_rejections.inc();
+    }
+    reserved
+}
+
+/// A response body that keeps the unread request body alive until the
+/// response has been sent whole.
+struct HoldUntilSent {
+    inner: Body,
+    /// Never read here: drained and dropped after the response.
+    _held: Option<Body>,
+}
+
+/// How long, and how much, a refused h2 request body is read and thrown
+/// away after the response before its stream is reset. Clients that meet
+/// RST_STREAM in the same read as the response (curl 7.88 among them)
+/// report a stream error instead of the answer; a moment later they read
+/// it. Reading, not merely holding, keeps the connection's flow-control
+/// window open for its other streams meanwhile.
+const DRAIN_BEFORE_RESET: std::time::Duration = std::time::Duration::from_millis(250);
+const DRAIN_BYTES: usize = 4 * 1024 * 1024;
+
+impl Drop for HoldUntilSent {
+    fn drop(&mut self) {
+        let (Some(mut body), Ok(rt)) = (self._held.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        rt.spawn(async move {
+            let drain = async {
+                let mut n = 0;
+                while let Some(Ok(frame)) = body.frame().await {
+                    n += frame.data_ref().map_or(0, |d| d.len());
+                    if n > DRAIN_BYTES {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_BEFORE_RESET, drain).await;
+            // Dropped: the stream, its response sent, is reset NO_ERROR.
+            drop(body);
+        });
+    }
+}
+
+impl http_body::Body for HoldUntilSent {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// h2 requests with more header fields than HTTP/1.1 would take.
+pub fn too_many_headers(max: usize) -> HttpError {
+    HttpError::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "too_many_headers",
+        format!("more than {max} header fields"),
+    )
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -280,10 +504,10 @@ fn log_review(endpoint: &'static str, req: &AdmissionRequest, out: &Outcome, mic
         .join(",");
     info!(
         endpoint,
-        uid = %req.uid,
-        kind = %req.kind.kind,
-        namespace = %req.namespace,
-        name = %req.name,
+        uid = %Clean(&req.uid),
+        kind = %Clean(&req.kind.kind),
+        namespace = %Clean(&req.namespace),
+        name = %Clean(&req.name),
         operation = req.operation.as_str(),
         dry_run = req.dry_run,
         rules = %rules,
@@ -293,6 +517,28 @@ fn log_review(endpoint: &'static str, req: &AdmissionRequest, out: &Outcome, mic
         micros = micros as u64,
         "review"
     );
+}
+
+/// An identifier as logged: control characters escaped (a newline cannot
+/// forge a log line, an ANSI escape cannot reach a terminal), at most 253
+/// characters. The decoder already refuses such identifiers; this holds
+/// whatever reaches a log line.
+struct Clean<'a>(&'a str);
+
+impl fmt::Display for Clean<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, c) in self.0.chars().enumerate() {
+            if i == wire::MAX_NAME {
+                return f.write_str("…");
+            }
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn method_not_allowed() -> Response {
@@ -339,6 +585,19 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn logged_identifiers_are_escaped_and_bounded() {
+        let forged = "web\n{\"level\":\"ERROR\"} \u{1b}[31mred";
+        let shown = super::Clean(forged).to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(
+            shown.contains("\\n") && shown.contains("\\u{1b}"),
+            "{shown}"
+        );
+        let long = "n".repeat(10_000);
+        assert_eq!(super::Clean(&long).to_string().chars().count(), 254);
+    }
+
     #[test]
     fn quoted_input_is_redacted() {
         assert_eq!(

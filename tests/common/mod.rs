@@ -577,20 +577,26 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(dir: &Path, extra: &[&str]) -> ServerProcess {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zonewise"));
+        // ZONEWISE_TEST_BIN runs the tests against another build (the
+        // release binary, for the figures in BENCHMARKS.md).
+        let bin = std::env::var("ZONEWISE_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_zonewise").to_string());
+        let mut cmd = std::process::Command::new(bin);
         cmd.args([
             "serve",
             "--listen",
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        // Never pick up a cluster from the environment the tests run in.
-        .args(["--cluster-cache", "off"])
-        .args(extra)
-        .current_dir(dir);
+        ]);
+        if !extra.iter().any(|a| a.starts_with("--log-format")) {
+            cmd.arg("--log-format=json");
+        }
+        cmd
+            // Never pick up a cluster from the environment the tests run in.
+            .args(["--cluster-cache", "off"])
+            .args(extra)
+            .current_dir(dir);
         ServerProcess::spawn(cmd)
     }
 
@@ -614,6 +620,17 @@ impl ServerProcess {
                     v["addr"].as_str().unwrap().parse().unwrap(),
                     v["metrics_addr"].as_str().unwrap().parse().unwrap(),
                 );
+            }
+            // The pretty format: `... INFO listening addr=... metrics_addr=...`.
+            if line.contains(" listening ") {
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .and_then(|a| a.parse().ok())
+                };
+                if let (Some(a), Some(m)) = (field("addr="), field("metrics_addr=")) {
+                    break (a, m);
+                }
             }
         };
         // Keep draining stderr so the child never blocks on a full pipe.
@@ -644,10 +661,19 @@ impl ServerProcess {
 
     /// Resident memory of the server, KiB.
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The most resident memory the server has had, KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .unwrap_or_default()
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     }
