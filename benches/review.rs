@@ -26,10 +26,6 @@ use zonewise::review::{Endpoint, review};
 use zonewise::rules::{Context, Mutation, call_affinity, lb_ip_target, zone_routing, zone_spread};
 use zonewise::wire;
 
-/// The same allocator as the `zonewise` binary, so the figures match it.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const BODIES: [(&str, &str); 3] = [
     ("service-2k", include_str!("fixtures/service-2k.json")),
     (
