@@ -47,10 +47,9 @@ async fn zonewise_with(
 }
 
 fn review(kind: &str, object: Value, ns: &str) -> Vec<u8> {
-    let (group, version) = if kind == "Deployment" {
-        ("apps", "v1")
-    } else {
-        ("", "v1")
+    let (group, version) = match kind {
+        "Deployment" | "StatefulSet" => ("apps", "v1"),
+        _ => ("", "v1"),
     };
     serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": "e911857d-c318-11e8-bbad-025000000001",
@@ -313,28 +312,87 @@ async fn watch_events_drops_and_410_relists_keep_the_cache_current() {
     assert!(metric(&m, r#"zonewise_lookup_fallbacks_total{reason="not found"}"#) >= 1.0);
 }
 
+/// What zonewise answers on an API server of each supported version: the
+/// routing value it sets (never one the server rejects or warns about,
+/// unless the operator asked for it), the warning when it replaced a
+/// configured value, and the ways out it offers in a Local denial.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routing_auto_follows_the_server_version() {
-    for (minor, field, annotation) in [
-        ("34", Some("PreferSameZone"), None),
-        ("32+", Some("PreferClose"), None),
-        ("29", None, Some("Auto")),
-    ] {
+async fn every_supported_version_gets_values_it_accepts() {
+    // (minor reported, auto, PreferSameZone configured, PreferClose configured)
+    let rows = [
+        ("29", "annotation", "annotation", "annotation"),
+        ("31", "PreferClose", "PreferClose", "PreferClose"),
+        ("33", "PreferClose", "PreferClose", "PreferClose"),
+        ("34", "PreferSameZone", "PreferSameZone", "PreferClose"),
+        ("35+", "PreferSameZone", "PreferSameZone", "PreferClose"),
+        ("36", "PreferSameZone", "PreferSameZone", "PreferClose"),
+    ];
+    for (minor, auto, same_zone, close) in rows {
         let fake = FakeApi::start("1", minor).await;
-        let (server, _dir) = zonewise_with(&fake, Scope::All, "service: {routing: auto}\n").await;
-        let mut c = server.h1().await;
-        let req = fixture("svc-clusterip");
-        let obj = patched(&req, &c.review(&req).await);
-        assert_eq!(
-            obj["spec"]["trafficDistribution"].as_str(),
-            field,
-            "1.{minor}"
-        );
-        assert_eq!(
-            obj["metadata"]["annotations"]["service.kubernetes.io/topology-mode"].as_str(),
-            annotation,
-            "1.{minor}"
-        );
+        let n: u32 = minor.trim_end_matches('+').parse().unwrap();
+        for (config, want, substituted) in [
+            ("", auto, false),
+            ("service: {routing: PreferSameZone}", same_zone, n < 34),
+            ("service: {routing: PreferClose}", close, n < 31),
+        ] {
+            let (server, _dir) = zonewise_with(&fake, Scope::All, config).await;
+            let mut c = server.h1().await;
+            let req = fixture("svc-clusterip");
+            let a = c.review(&req).await;
+            let obj = patched(&req, &a);
+            let set = match (
+                obj["spec"]["trafficDistribution"].as_str(),
+                obj["metadata"]["annotations"]["service.kubernetes.io/topology-mode"].as_str(),
+            ) {
+                (Some(v), None) => v.to_string(),
+                (None, Some("Auto")) => "annotation".to_string(),
+                other => panic!("1.{minor} {config:?}: {other:?}"),
+            };
+            assert_eq!(set, want, "1.{minor} {config:?}");
+            if substituted {
+                assert!(
+                    a.warnings
+                        .iter()
+                        .any(|w| w.contains(&format!("not accepted by Kubernetes 1.{n}"))),
+                    "1.{minor} {config:?}: {:?}",
+                    a.warnings
+                );
+            } else {
+                assert!(
+                    a.warnings.is_empty(),
+                    "1.{minor} {config:?}: {:?}",
+                    a.warnings
+                );
+            }
+            let m = server.metrics().await;
+            assert_eq!(
+                metric(&m, "zonewise_routing_substitutions_total") > 0.0,
+                substituted,
+                "1.{minor} {config:?}"
+            );
+            // The Local denial offers what this server takes.
+            let local = review(
+                "Service",
+                service("shop", "cache", json!({"app": "cache"}), true),
+                "shop",
+            );
+            let denial = c.review(&local).await.message.unwrap();
+            assert_eq!(
+                denial.contains("PreferSameNode"),
+                n >= 34,
+                "1.{minor}: {denial}"
+            );
+            assert_eq!(
+                denial.contains("PreferClose"),
+                (31..34).contains(&n),
+                "1.{minor}: {denial}"
+            );
+            assert_eq!(
+                denial.contains("topology-mode: Auto"),
+                n < 31,
+                "1.{minor}: {denial}"
+            );
+        }
     }
 }
 
@@ -466,8 +524,22 @@ async fn the_version_is_read_again_when_a_watch_reconnects() {
     })
     .await;
 
-    // The control plane is upgraded; the watches break and reconnect.
-    fake.state.lock().unwrap().minor = "34".into();
+    let local = review(
+        "Service",
+        service("shop", "cache", json!({"app": "cache"}), true),
+        "shop",
+    );
+    assert!(
+        !c.review(&local)
+            .await
+            .message
+            .unwrap()
+            .contains("PreferSameNode")
+    );
+
+    // The control plane is upgraded to 1.36; the watches break and
+    // reconnect.
+    fake.state.lock().unwrap().minor = "36".into();
     fake.expire_watches();
     eventually(
         "routing: auto to follow the new version",
@@ -475,4 +547,172 @@ async fn the_version_is_read_again_when_a_watch_reconnects() {
         async || routing(&mut c).await == "PreferSameZone",
     )
     .await;
+    let denial = c.review(&local).await.message.unwrap();
+    assert!(
+        denial.contains("(1) replace it with spec.trafficDistribution: PreferSameNode"),
+        "{denial}"
+    );
+    assert!(!denial.contains("PreferClose"), "{denial}");
+}
+
+fn workload(kind: &str, name: &str, replicas: i64) -> Vec<u8> {
+    review(
+        kind,
+        json!({"apiVersion": "apps/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"replicas": replicas, "serviceName": name, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": name, "image": "x:1"}]}}}}),
+        "shop",
+    )
+}
+
+/// The zone capacity warning, with the zones from the cluster's Nodes (read
+/// as metadata only), following Nodes that come and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_capacity_follows_the_nodes() {
+    let fake = FakeApi::start("1", "34").await;
+    for (i, zone) in ["eu-west-1a", "eu-west-1b", "eu-west-1c", "eu-west-1a"]
+        .iter()
+        .enumerate()
+    {
+        fake.apply("nodes", node(&format!("node-{i}"), Some(zone), true));
+    }
+    fake.apply("nodes", node("no-zone", None, true));
+    let (server, _dir) = zonewise_with(&fake, Scope::All, "").await;
+    let mut c = server.h1().await;
+    let capacity = async |c: &mut Client, kind: &str, n: i64| {
+        c.review(&workload(kind, &format!("w{n}"), n))
+            .await
+            .warnings
+            .into_iter()
+            .find(|w| w.contains("zones"))
+    };
+    let one = capacity(&mut c, "Deployment", 1).await.expect("1 of 3");
+    assert!(one.contains("1 replica for 3 zones"), "{one}");
+    assert_eq!(capacity(&mut c, "Deployment", 3).await, None);
+    let four = capacity(&mut c, "StatefulSet", 4)
+        .await
+        .expect("4 of 3, PreferSameZone on 1.34");
+    assert!(four.contains("multiples of 3"), "{four}");
+    // Metadata only: the list asked for PartialObjectMetadata.
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r == "list nodes None metadata"),
+        "{:?}",
+        fake.requests()
+    );
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(&m, r#"zonewise_cache_objects{kind="Node"}"#),
+        4.0,
+        "{m}"
+    );
+    // A fourth zone appears.
+    fake.apply("nodes", node("node-9", Some("eu-west-1d"), true));
+    eventually("four zones", Duration::from_secs(5), async || {
+        capacity(&mut c, "Deployment", 3)
+            .await
+            .is_some_and(|w| w.contains("3 replicas for 4 zones"))
+    })
+    .await;
+}
+
+/// The readiness-gate label, learnt from a metadata watch of the labelled
+/// namespaces only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_targets_warn_where_the_readiness_gate_label_is_missing() {
+    let fake = FakeApi::start("1", "34").await;
+    fake.apply("namespaces", namespace("shop", &[]));
+    fake.apply(
+        "namespaces",
+        namespace(
+            "gated",
+            &[("elbv2.k8s.aws/pod-readiness-gate-inject", "enabled")],
+        ),
+    );
+    let (server, _dir) = zonewise_with(&fake, Scope::All, "").await;
+    let mut c = server.h1().await;
+    let lb = |ns: &str| {
+        let mut svc = service(ns, "web", json!({"app": "web"}), false);
+        svc["spec"]["type"] = json!("LoadBalancer");
+        review("Service", svc, ns)
+    };
+    let gate_warning = async |c: &mut Client, ns: &str| {
+        c.review(&lb(ns))
+            .await
+            .warnings
+            .into_iter()
+            .find(|w| w.contains("readiness"))
+    };
+    let w = gate_warning(&mut c, "shop")
+        .await
+        .expect("shop lacks the label");
+    assert!(
+        w.contains("namespace shop lacks label elbv2.k8s.aws/pod-readiness-gate-inject=enabled"),
+        "{w}"
+    );
+    assert_eq!(gate_warning(&mut c, "gated").await, None);
+    // Only labelled namespaces were listed, as metadata.
+    let lists: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("list namespaces"))
+        .collect();
+    assert_eq!(
+        lists,
+        ["list namespaces None elbv2.k8s.aws/pod-readiness-gate-inject=enabled metadata"],
+        "{lists:?}"
+    );
+    // The label added later: no more warning.
+    fake.apply(
+        "namespaces",
+        namespace(
+            "shop",
+            &[("elbv2.k8s.aws/pod-readiness-gate-inject", "enabled")],
+        ),
+    );
+    eventually("the label to be seen", Duration::from_secs(5), async || {
+        gate_warning(&mut c, "shop").await.is_none()
+    })
+    .await;
+}
+
+/// A Local callee backed by a DaemonSet gets a required node term; one
+/// allowed by annotation (a Deployment's pods) a preferred one and a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_node_affinity_only_towards_daemonsets() {
+    let fake = FakeApi::start("1", "34").await;
+    fake.apply(
+        "services",
+        service("shop", "agent", json!({"app": "agent"}), true),
+    );
+    fake.apply(
+        "daemonsets",
+        daemonset("shop", "agent", json!({"app": "agent"}), None),
+    );
+    let mut cache = service("shop", "cache", json!({"app": "cache"}), true);
+    cache["metadata"]["annotations"] = json!({"zonewise.io/allow-local": "warm per-node cache"});
+    fake.apply("services", cache);
+    let (server, _dir) = zonewise_with(&fake, Scope::All, "").await;
+    let mut c = server.h1().await;
+    let req = caller("agent, cache");
+    let a = c.review(&req).await;
+    let obj = patched(&req, &a);
+    assert_eq!(
+        affinity(&obj)["requiredDuringSchedulingIgnoredDuringExecution"],
+        json!([{"labelSelector": {"matchLabels": {"app": "agent"}}, "topologyKey": "kubernetes.io/hostname"}])
+    );
+    assert_eq!(
+        affinity(&obj)["preferredDuringSchedulingIgnoredDuringExecution"],
+        json!([{"weight": 100, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "kubernetes.io/hostname"}}])
+    );
+    assert!(
+        a.warnings
+            .iter()
+            .any(|w| w.contains("shop/cache") && w.contains("dropped")),
+        "{:?}",
+        a.warnings
+    );
 }

@@ -222,7 +222,10 @@ fn mutating_webhook_is_exactly_as_designed() {
     // Every kind a rule acts on, from the rule table itself.
     for kind in zonewise::admission::Kind::ALL {
         let (group, ..) = kind.api();
-        assert!(covers(group, kind.resource()), "{kind} not sent to the webhook");
+        assert!(
+            covers(group, kind.resource()),
+            "{kind} not sent to the webhook"
+        );
     }
 }
 
@@ -367,7 +370,10 @@ fn rbac_is_read_only_and_covers_what_the_cache_watches() {
         }
     }
     seen.sort();
-    assert_eq!(seen, ["/namespaces", "/nodes", "/services", "apps/daemonsets"]);
+    assert_eq!(
+        seen,
+        ["/namespaces", "/nodes", "/services", "apps/daemonsets"]
+    );
     let binding = find(&objs, "ClusterRoleBinding", "zonewise-read");
     assert_eq!(binding["subjects"][0]["name"], "zonewise");
     assert_eq!(binding["subjects"][0]["namespace"], "zonewise-system");

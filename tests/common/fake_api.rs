@@ -210,7 +210,13 @@ async fn list_or_watch(
     }
     let hang = {
         let mut s = state.lock().unwrap();
-        s.requests.push(format!("list {resource} {namespace:?}"));
+        let label = label
+            .as_ref()
+            .map(|(k, v)| format!(" {k}={v}"))
+            .unwrap_or_default();
+        let meta = if metadata_only { " metadata" } else { "" };
+        s.requests
+            .push(format!("list {resource} {namespace:?}{label}{meta}"));
         s.hang_lists
     };
     if hang {
