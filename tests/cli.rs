@@ -160,11 +160,13 @@ fn check_config_prints_policy_or_names_the_field() {
     let out = zonewise(&["check-config", &path("config.yaml")], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let printed = text(&out.stdout);
-    assert!(printed.contains("routing: PreferClose"), "{printed}");
+    assert!(printed.contains("routing: auto"), "{printed}");
+    // No version known: auto sets what every server with the field takes.
     assert!(
         printed.contains("zone-routing: trafficDistribution: PreferClose"),
         "{printed}"
     );
+    assert!(printed.contains("kubernetes version: unknown"), "{printed}");
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
@@ -219,4 +221,232 @@ fn certs_again_keeps_the_ca_so_the_ca_bundle_stays_valid() {
     assert!(text(&second.stderr).contains("reusing the CA"));
     let third = zonewise(&["certs", "--out", out_dir, "--new-ca"], None);
     assert_ne!(third.stdout, first.stdout, "--new-ca replaces it");
+}
+
+/// The routing a manifest gets for a given API server version, offline.
+fn routing_in(stdout: &[u8]) -> String {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text(stdout)).unwrap();
+    let svc = &docs[0];
+    match (
+        svc["spec"]["trafficDistribution"].as_str(),
+        svc["metadata"]["annotations"]["service.kubernetes.io/topology-mode"].as_str(),
+    ) {
+        (Some(v), None) => v.to_string(),
+        (None, Some("Auto")) => "annotation".into(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn mutate_follows_the_kube_version() {
+    for (version, want) in [
+        (None, "PreferClose"),
+        (Some("1.29"), "annotation"),
+        (Some("1.33"), "PreferClose"),
+        (Some("1.34"), "PreferSameZone"),
+        (Some("v1.36.2"), "PreferSameZone"),
+    ] {
+        let mut args = vec!["mutate", "-f", &*path_leak("shop.yaml")];
+        if let Some(v) = version {
+            args.extend(["--kube-version", v]);
+        }
+        let out = zonewise(&args, None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(routing_in(&out.stdout), want, "{version:?}");
+        assert!(!text(&out.stderr).contains("not accepted"), "{version:?}");
+    }
+    // A configured value 1.33 rejects is replaced, with a warning.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, "service: {routing: PreferSameZone}\n").unwrap();
+    let out = zonewise(
+        &[
+            "mutate",
+            "-f",
+            &path("shop.yaml"),
+            "--kube-version",
+            "1.33",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(routing_in(&out.stdout), "PreferClose");
+    assert!(
+        text(&out.stderr).contains("PreferSameZone is not accepted by Kubernetes 1.33"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The version also comes from the config.
+    std::fs::write(&config, "kubernetesVersion: \"1.30\"\n").unwrap();
+    let out = zonewise(
+        &[
+            "mutate",
+            "-f",
+            &path("shop.yaml"),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(routing_in(&out.stdout), "annotation");
+    // And the denial offers what the version takes.
+    let out = zonewise(
+        &[
+            "mutate",
+            "-f",
+            &path("local-service.yaml"),
+            "--kube-version",
+            "1.36",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("PreferSameNode"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = zonewise(
+        &[
+            "mutate",
+            "-f",
+            &path("local-service.yaml"),
+            "--kube-version",
+            "1.33",
+        ],
+        None,
+    );
+    assert!(
+        !text(&out.stderr).contains("PreferSameNode"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = zonewise(
+        &[
+            "mutate",
+            "-f",
+            &path("shop.yaml"),
+            "--kube-version",
+            "latest",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn path_leak(name: &str) -> &'static str {
+    Box::leak(path(name).into_boxed_str())
+}
+
+#[test]
+fn check_config_shows_the_policy_for_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    for (routing, version, effective, note) in [
+        ("auto", "1.36", "trafficDistribution: PreferSameZone", None),
+        ("auto", "1.33", "trafficDistribution: PreferClose", None),
+        (
+            "auto",
+            "1.29",
+            "service.kubernetes.io/topology-mode: Auto",
+            None,
+        ),
+        (
+            "PreferSameZone",
+            "1.36",
+            "trafficDistribution: PreferSameZone",
+            None,
+        ),
+        (
+            "PreferSameZone",
+            "1.33",
+            "trafficDistribution: PreferClose",
+            Some("not accepted by Kubernetes 1.33"),
+        ),
+        (
+            "PreferClose",
+            "1.36",
+            "trafficDistribution: PreferClose",
+            Some("deprecated on Kubernetes 1.36"),
+        ),
+        (
+            "PreferClose",
+            "1.30",
+            "service.kubernetes.io/topology-mode: Auto",
+            Some("not accepted by Kubernetes 1.30"),
+        ),
+        (
+            "annotation",
+            "1.36",
+            "service.kubernetes.io/topology-mode: Auto",
+            None,
+        ),
+        ("off", "1.36", "zone-routing: off", None),
+    ] {
+        std::fs::write(&config, format!("service: {{routing: {routing}}}\n")).unwrap();
+        let out = zonewise(
+            &[
+                "check-config",
+                config.to_str().unwrap(),
+                "--kube-version",
+                version,
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let shown = text(&out.stdout);
+        assert!(
+            shown.contains(&format!(
+                "kubernetes version: {version} (from --kube-version)"
+            )),
+            "{shown}"
+        );
+        assert!(shown.contains(effective), "{routing} on {version}: {shown}");
+        match note {
+            Some(n) => assert!(shown.contains(n), "{routing} on {version}: {shown}"),
+            None => assert!(
+                !shown.contains("# note:"),
+                "{routing} on {version}: {shown}"
+            ),
+        }
+    }
+    // The same file reading as serve: UTF-8 or an error.
+    std::fs::write(&config, b"service: {routing: auto}\n# caf\xe9\n").unwrap();
+    let out = zonewise(&["check-config", config.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not UTF-8"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn mutate_statefulsets_and_ingresses() {
+    let out = zonewise(&["mutate", "-f", &path("stateful-and-ingress.yaml")], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text(&out.stdout)).unwrap();
+    let tsc = docs[0]["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        .as_array()
+        .unwrap();
+    assert_eq!(tsc.len(), 2);
+    assert!(
+        tsc.iter().all(|c| c.get("matchLabelKeys").is_none()),
+        "no pod-template-hash: {tsc:?}"
+    );
+    assert_eq!(
+        docs[0]["metadata"]["annotations"]["zonewise.io/applied"],
+        "zone-spread,call-affinity"
+    );
+    assert_eq!(
+        docs[1]["metadata"]["annotations"]["alb.ingress.kubernetes.io/target-type"],
+        "ip"
+    );
+    assert!(
+        text(&out.stderr).contains("pod-readiness-gate-inject"),
+        "{}",
+        text(&out.stderr)
+    );
 }
