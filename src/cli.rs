@@ -43,6 +43,9 @@ pub enum Command {
     Certs(CertsArgs),
     /// Validate a config file and print the effective policy.
     CheckConfig(CheckConfigArgs),
+    /// Read a cluster (read-only): what zonewise would change on existing
+    /// objects, and whether zone-local routing can work there.
+    Audit(AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +176,48 @@ pub struct MutateArgs {
     pub kube_version: Option<KubeVersion>,
 }
 
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Kubeconfig file (default: $KUBECONFIG or ~/.kube/config; in a pod,
+    /// its service account).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current one).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Audit this namespace (repeatable). Default: the namespaces labelled
+    /// zonewise.io/enabled=true.
+    #[arg(short = 'n', long = "namespace")]
+    pub namespaces: Vec<String>,
+    /// Audit every namespace.
+    #[arg(short = 'A', long = "all-namespaces", conflicts_with = "namespaces")]
+    pub all_namespaces: bool,
+    /// Policy file, as `serve` reads it; the built-in policy without it.
+    #[arg(long, env = "ZONEWISE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: AuditOutput,
+    /// Exit 1 when there are findings (for CI).
+    #[arg(long)]
+    pub exit_code: bool,
+    /// Objects per list request.
+    #[arg(long, default_value_t = 500)]
+    pub page_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditOutput {
+    /// Findings grouped by namespace, and a summary line.
+    Table,
+    /// `{"findings": [...], "summary": {...}}`.
+    Json,
+    /// The manifests as the webhook would admit them, without server-set
+    /// fields, ready for Git.
+    Yaml,
+    /// One JSON line per object that would change, with its JSON Patch.
+    Patch,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CacheMode {
     Auto,
@@ -223,6 +268,7 @@ pub fn main() -> ExitCode {
         Command::Mutate(args) => mutate_cmd(args),
         Command::Certs(args) => certs_cmd(args),
         Command::CheckConfig(args) => check_config(args),
+        Command::Audit(args) => audit_cmd(args),
     }
 }
 
@@ -461,6 +507,70 @@ fn check_config(args: CheckConfigArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+fn audit_cmd(args: AuditArgs) -> ExitCode {
+    use crate::audit::{self, AuditOptions, Scope};
+    let config = match &args.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => return fail(format!("invalid config {}:\n{e}", p.display())),
+        },
+        None => Config::default(),
+    };
+    if let Some(bad) = args
+        .namespaces
+        .iter()
+        .find(|n| !crate::names::is_dns1123_label(n))
+    {
+        return fail(format!("{bad:?} is not a namespace name"));
+    }
+    let scope = if args.all_namespaces {
+        Scope::All
+    } else if args.namespaces.is_empty() {
+        Scope::Labelled
+    } else {
+        Scope::Only(args.namespaces.clone())
+    };
+    let opts = AuditOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+        scope,
+        config,
+        page_size: args.page_size,
+        keep_manifests: args.output == AuditOutput::Yaml,
+        progress: true,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    let report = match rt.block_on(audit::run(&opts)) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let written = match args.output {
+        AuditOutput::Table => report.write_table(&mut out),
+        AuditOutput::Json => report.write_json(&mut out),
+        AuditOutput::Yaml => report.write_yaml(&mut out),
+        AuditOutput::Patch => report.write_patches(&mut out),
+    };
+    if let Err(e) = written.and_then(|()| out.flush()) {
+        return fail(format!("cannot write the report: {e}"));
+    }
+    if args.output != AuditOutput::Table {
+        eprintln!("{}", report.summary_line());
+    }
+    if args.exit_code && !report.findings.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -246,7 +246,8 @@ fn mutate_follows_the_kube_version() {
         (Some("1.34"), "PreferSameZone"),
         (Some("v1.36.2"), "PreferSameZone"),
     ] {
-        let mut args = vec!["mutate", "-f", &*path_leak("shop.yaml")];
+        let shop = path("shop.yaml");
+        let mut args = vec!["mutate", "-f", shop.as_str()];
         if let Some(v) = version {
             args.extend(["--kube-version", v]);
         }
@@ -334,10 +335,6 @@ fn mutate_follows_the_kube_version() {
         None,
     );
     assert_eq!(out.status.code(), Some(2));
-}
-
-fn path_leak(name: &str) -> &'static str {
-    Box::leak(path(name).into_boxed_str())
 }
 
 #[test]

@@ -1,0 +1,558 @@
+//! `zonewise audit`: what zonewise would change on objects that already
+//! exist, and whether zone-local routing can work today. Read-only: list
+//! calls only, paginated, nothing watched, nothing written.
+//!
+//! Every existing Service, Deployment, StatefulSet and Ingress in scope
+//! goes through the admission pipeline ([`crate::review`]) as if it were
+//! created now, with the cluster's real Services, DaemonSets, namespace
+//! labels, zones and server version as lookups. Each rule runs on its own,
+//! in table order, on the object as the previous rules left it, so every
+//! finding carries the patch of that rule alone and the findings' patches,
+//! applied in order, give the object the webhook would admit. Then the
+//! routing-health checks of [`checks`] run over Nodes and EndpointSlices.
+//!
+//! A list that fails (forbidden, unreachable, cut off) fails the audit: a
+//! partial report is never presented as complete.
+
+pub mod checks;
+pub mod list;
+pub mod report;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use json_patch::Patch;
+use serde_json::Value;
+
+use crate::admission::{AdmissionRequest, GroupVersionKind, Kind, Operation, Rule, Verdict};
+use crate::config::{Config, ObjectRef};
+use crate::lookups::{DaemonSetEntry, DaemonSetFacts, InMemory, Lookups, ServiceFacts};
+use crate::object;
+use crate::policy::{Environment, Policy};
+use crate::review::{self, Endpoint, Only};
+use crate::rules::{self, READINESS_GATE_LABEL, TOPOLOGY_HINTS, TOPOLOGY_MODE};
+use checks::{Endpoints, Nodes, Routing, ServiceInfo};
+use list::{ListError, Lister};
+pub use report::{Finding, Report, Summary};
+
+/// The label that opts a namespace in.
+pub const ENABLED_LABEL: &str = "zonewise.io/enabled";
+
+/// Which namespaces the audit looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Namespaces labelled `zonewise.io/enabled=true` (the default: what
+    /// the webhook acts on).
+    Labelled,
+    /// These namespaces.
+    Only(Vec<String>),
+    /// Every namespace.
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    pub scope: Scope,
+    pub config: Config,
+    pub page_size: u32,
+    /// Keep the mutated manifests (`-o yaml`).
+    pub keep_manifests: bool,
+    /// Show a progress bar on stderr when it is a terminal.
+    pub progress: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    List(#[from] ListError),
+}
+
+/// A kube client from `--kubeconfig`/`--context`, the default kubeconfig,
+/// or the pod's service account, and the server it talks to.
+async fn client(opts: &AuditOptions) -> Result<(kube::Client, String), AuditError> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions {
+        context: opts.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let config = match &opts.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| AuditError::Setup(format!("kubeconfig {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .map_err(|e| AuditError::Setup(format!("kubeconfig {}: {e}", path.display())))?
+        }
+        None => match kube::Config::from_kubeconfig(&options).await {
+            Ok(c) => c,
+            Err(kubeconfig) if opts.context.is_none() => {
+                kube::Config::incluster().map_err(|e| {
+                    AuditError::Setup(format!(
+                        "no usable kubeconfig ({kubeconfig}) and not in a cluster ({e}); \
+                     pass --kubeconfig"
+                    ))
+                })?
+            }
+            Err(e) => return Err(AuditError::Setup(format!("kubeconfig: {e}"))),
+        },
+    };
+    let server = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config)
+        .map_err(|e| AuditError::Setup(format!("cannot build a client for {server}: {e}")))?;
+    Ok((client, server))
+}
+
+/// Runs the audit against the cluster.
+pub async fn run(opts: &AuditOptions) -> Result<Report, AuditError> {
+    let (client, server) = client(opts).await?;
+    let mut lister = Lister::new(client, server, opts.page_size);
+    let progress = report::Progress::new(opts.progress);
+    let bar = progress.clone();
+    lister.on_page(move |res, n| bar.tick(res.plural, n));
+    let version = lister.version().await?;
+    let result = collect(&mut lister, opts, version).await;
+    progress.finish();
+    result
+}
+
+/// What a rule row would do to one object: each finding of it.
+#[derive(Debug, Clone)]
+pub struct RuleFinding {
+    pub rule: Rule,
+    /// The rule's own patch (relative to the object as the rules before it
+    /// left it).
+    pub patch: Option<Patch>,
+    pub message: String,
+}
+
+/// One object through the pipeline, rule by rule: the findings, and the
+/// object as the webhook would admit it (`None` when nothing changes).
+pub fn audit_object(
+    kind: Kind,
+    obj: &Value,
+    policy: &Policy,
+    lookups: &dyn Lookups,
+) -> (Vec<RuleFinding>, Option<Value>) {
+    let (group, version, kind_name, _) = kind.api();
+    let namespace = object::str_at(obj, &["metadata", "namespace"])
+        .unwrap_or("default")
+        .to_string();
+    let mut current = obj.clone();
+    let mut changed = false;
+    let mut findings = Vec::new();
+    let mut said: BTreeSet<String> = BTreeSet::new();
+    for spec in rules::rules_for(kind) {
+        let req = AdmissionRequest {
+            uid: "zonewise-audit".into(),
+            kind: GroupVersionKind::new(group, version, kind_name),
+            sub_resource: None,
+            name: object::display_name(&current).to_string(),
+            namespace: namespace.clone(),
+            operation: Operation::Create,
+            dry_run: true,
+            object: Some(current.clone()),
+            old_object: None,
+            complete: true,
+            oversized: false,
+        };
+        let out = review::review_only(
+            &req,
+            policy,
+            lookups,
+            Endpoint::Mutate,
+            Only::Rule(spec.rule),
+        );
+        match out.verdict {
+            Verdict::Patched { patch, .. } => {
+                let message = report::describe(&patch);
+                if json_patch::patch(&mut current, &patch).is_ok() {
+                    changed = true;
+                    findings.push(RuleFinding {
+                        rule: spec.rule,
+                        patch: Some(patch),
+                        message,
+                    });
+                }
+            }
+            Verdict::Denied { message, .. } => findings.push(RuleFinding {
+                rule: spec.rule,
+                patch: None,
+                message,
+            }),
+            Verdict::Allowed => {}
+        }
+        // Warnings the pipeline gives every rule's run are said once.
+        for w in out.warnings {
+            if said.insert(w.clone()) {
+                findings.push(RuleFinding {
+                    rule: spec.rule,
+                    patch: None,
+                    message: w.trim_start_matches("zonewise: ").to_string(),
+                });
+            }
+        }
+    }
+    (findings, changed.then_some(current))
+}
+
+/// The zone-routing state of a Service as it is, and once zonewise's
+/// `zone-routing` has acted on it.
+fn routing_of(svc: &Value, after: Option<&Value>) -> (Routing, Routing) {
+    let state = |s: &Value| {
+        let mode = object::annotation(s, TOPOLOGY_MODE)
+            .or_else(|| object::annotation(s, TOPOLOGY_HINTS))
+            .is_some_and(|m| m.eq_ignore_ascii_case("auto"));
+        match object::str_at(s, &["spec", "trafficDistribution"]) {
+            // The annotation takes precedence in the EndpointSlice controller.
+            _ if mode => Routing::Hints,
+            Some("PreferClose" | "PreferSameZone") => Routing::Distribution,
+            _ => Routing::None,
+        }
+    };
+    let now = state(svc);
+    (now, after.map_or(now, state))
+}
+
+/// Lists everything, in the order the lookups need it, and audits what is
+/// in scope.
+async fn collect(
+    lister: &mut Lister,
+    opts: &AuditOptions,
+    version: crate::versions::KubeVersion,
+) -> Result<Report, AuditError> {
+    let mut summary = Summary {
+        server_version: version.to_string(),
+        ..Summary::default()
+    };
+    // Namespaces: the scope, and which carry the readiness-gate label.
+    let mut labelled: BTreeSet<String> = BTreeSet::new();
+    let mut all: BTreeSet<String> = BTreeSet::new();
+    let mut gates: std::collections::HashSet<String> = Default::default();
+    lister
+        .each(&list::NAMESPACES, None, None, |raw| {
+            if let Ok(ns) = serde_json::from_str::<Item>(raw.get()) {
+                let l = &ns.metadata.labels;
+                if l.get(ENABLED_LABEL).is_some_and(|v| v == "true") {
+                    labelled.insert(ns.metadata.name.clone());
+                }
+                if l.get(READINESS_GATE_LABEL).is_some_and(|v| v == "enabled") {
+                    gates.insert(ns.metadata.name.clone());
+                }
+                all.insert(ns.metadata.name);
+            }
+        })
+        .await?;
+    let scope: BTreeSet<String> = match &opts.scope {
+        Scope::All => all,
+        Scope::Labelled => labelled,
+        Scope::Only(names) => names.iter().cloned().collect(),
+    };
+    summary.scope = match &opts.scope {
+        Scope::All => "all namespaces".into(),
+        Scope::Labelled => format!("namespaces labelled {ENABLED_LABEL}=true"),
+        Scope::Only(n) => format!("namespaces {}", n.join(", ")),
+    };
+    summary.namespaces = scope.len();
+    // Per-namespace lists with -n; cluster-wide lists filtered otherwise.
+    let namespaces: Vec<Option<String>> = match &opts.scope {
+        Scope::Only(names) => names.iter().cloned().map(Some).collect(),
+        _ => vec![None],
+    };
+    let in_scope = |ns: &str| scope.contains(ns);
+
+    let mut nodes = Nodes::default();
+    lister
+        .each(&list::NODES, None, None, |raw| {
+            if let Ok(n) = serde_json::from_str::<checks::NodeItem>(raw.get()) {
+                nodes.add(n);
+            }
+        })
+        .await?;
+    summary.nodes = nodes.total;
+    summary.ready_nodes = nodes.ready_count();
+    summary.zones = nodes.zones().into_iter().collect();
+    let env = Environment {
+        server_version: Some(version),
+        cluster_zones: (!summary.zones.is_empty()).then(|| summary.zones.iter().cloned().collect()),
+        ..Environment::default()
+    };
+    let policy = Policy::new(opts.config.clone(), &env);
+
+    let mut lookups = InMemory {
+        readiness_gates: gates,
+        ..InMemory::default()
+    };
+    for ns in &namespaces {
+        lister
+            .each(&list::DAEMONSETS, ns.as_deref(), None, |raw| {
+                if let Ok(ds) =
+                    serde_json::from_str::<k8s_openapi::api::apps::v1::DaemonSet>(raw.get())
+                {
+                    let (ns, entry) = daemonset_entry(&ds);
+                    lookups.upsert_daemonset(&ns, entry);
+                }
+            })
+            .await?;
+    }
+
+    let mut report = Report::new(summary);
+    // Services: facts for the lookups, findings, and what the routing
+    // checks need. Reviewed as they come: Service rules look up DaemonSets
+    // and namespace labels only, which are all in by now.
+    let mut services: HashMap<(String, String), ServiceInfo> = HashMap::new();
+    let mut service_facts: Vec<(ObjectRef, ServiceFacts)> = Vec::new();
+    for ns in &namespaces {
+        lister
+            .each(&list::SERVICES, ns.as_deref(), None, |raw| {
+                let Ok(svc) = serde_json::from_str::<Value>(raw.get()) else {
+                    return;
+                };
+                let r = ObjectRef::new(
+                    object::str_at(&svc, &["metadata", "namespace"]).unwrap_or(""),
+                    object::display_name(&svc),
+                );
+                service_facts.push((r.clone(), service_facts_of(&svc)));
+                if !in_scope(&r.namespace) {
+                    return;
+                }
+                let (findings, after) = audit_object(Kind::Service, &svc, &policy, &lookups);
+                let skip_all = object::annotation(&svc, rules::SKIP)
+                    .is_some_and(|s| s.split(',').any(|i| i.trim().eq_ignore_ascii_case("true")));
+                if !skip_all && !policy.excluded.contains(&r.namespace) {
+                    let (routing, routing_after) = routing_of(&svc, after.as_ref());
+                    services.insert(
+                        (r.namespace.clone(), r.name.clone()),
+                        ServiceInfo {
+                            namespace: r.namespace.clone(),
+                            name: r.name.clone(),
+                            routing,
+                            routing_after,
+                            local: rules::is_local(&svc),
+                            proxied: rules::has_selector(&svc)
+                                && !rules::is_headless(&svc)
+                                && rules::service_type(&svc) != "ExternalName",
+                        },
+                    );
+                }
+                report.add_object(Kind::Service, &svc, findings, after, opts.keep_manifests);
+            })
+            .await?;
+    }
+    lookups.replace_services(None, service_facts);
+
+    // EndpointSlices of the Services in scope.
+    let mut endpoints: HashMap<(String, String), Endpoints> = HashMap::new();
+    for ns in &namespaces {
+        lister
+            .each(&list::ENDPOINT_SLICES, ns.as_deref(), None, |raw| {
+                let Ok(slice) = serde_json::from_str::<checks::SliceItem>(raw.get()) else {
+                    return;
+                };
+                let ns = slice.metadata.namespace.clone().unwrap_or_default();
+                let Some(svc) = slice
+                    .metadata
+                    .labels
+                    .get(checks::SERVICE_NAME_LABEL)
+                    .cloned()
+                else {
+                    return;
+                };
+                let key = (ns, svc);
+                if services.contains_key(&key) {
+                    endpoints.entry(key).or_default().add(slice, &nodes);
+                }
+            })
+            .await?;
+    }
+    let mut dropping: BTreeSet<String> = BTreeSet::new();
+    let mut keys: Vec<&(String, String)> = services.keys().collect();
+    keys.sort();
+    let empty = Endpoints::default();
+    for key in keys {
+        let svc = &services[key];
+        let eps = endpoints.get(key).unwrap_or(&empty);
+        for (check, message) in checks::check_service(svc, eps, &nodes) {
+            if check == checks::ZONE_COVERAGE {
+                report.summary.zones_uncovered += nodes
+                    .ready_zones()
+                    .iter()
+                    .filter(|z| !eps.ready_by_zone.contains_key(**z))
+                    .count();
+            }
+            if check == checks::LOCAL_DROP {
+                dropping.extend(checks::dropping_nodes(eps, &nodes).map(str::to_string));
+            }
+            report.push(Finding {
+                kind: "Service".into(),
+                api_version: "v1".into(),
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+                check: check.to_string(),
+                message,
+                patch: None,
+            });
+        }
+    }
+    report.summary.nodes_dropping_traffic = dropping.len();
+
+    // Workloads and Ingresses, with every lookup in place.
+    for (res, kind) in [
+        (list::DEPLOYMENTS, Kind::Deployment),
+        (list::STATEFULSETS, Kind::StatefulSet),
+        (list::INGRESSES, Kind::Ingress),
+    ] {
+        for ns in &namespaces {
+            lister
+                .each(&res, ns.as_deref(), None, |raw| {
+                    let Ok(obj) = serde_json::from_str::<Value>(raw.get()) else {
+                        return;
+                    };
+                    if !in_scope(object::str_at(&obj, &["metadata", "namespace"]).unwrap_or("")) {
+                        return;
+                    }
+                    let (findings, after) = audit_object(kind, &obj, &policy, &lookups);
+                    report.add_object(kind, &obj, findings, after, opts.keep_manifests);
+                })
+                .await?;
+        }
+    }
+    report.summary.routing = policy.routing.mode.to_string();
+    report.finish();
+    Ok(report)
+}
+
+/// A namespace or similar: name and labels.
+#[derive(serde::Deserialize)]
+struct Item {
+    metadata: checks::Meta,
+}
+
+fn service_facts_of(svc: &Value) -> ServiceFacts {
+    let selector: BTreeMap<String, String> = object::string_map(svc, &["spec", "selector"])
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    ServiceFacts {
+        selector: (!selector.is_empty()).then_some(selector),
+        local: rules::is_local(svc),
+    }
+}
+
+fn daemonset_entry(ds: &k8s_openapi::api::apps::v1::DaemonSet) -> (String, DaemonSetEntry) {
+    use kube::ResourceExt;
+    let template = ds.spec.as_ref().map(|s| &s.template);
+    let labels = template
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let restricted = template.and_then(|t| t.spec.as_ref()).is_some_and(|p| {
+        p.node_selector.as_ref().is_some_and(|n| !n.is_empty())
+            || p.affinity
+                .as_ref()
+                .and_then(|a| a.node_affinity.as_ref())
+                .is_some_and(|n| {
+                    n.required_during_scheduling_ignored_during_execution
+                        .is_some()
+                })
+    });
+    (
+        ds.namespace().unwrap_or_default(),
+        DaemonSetEntry {
+            labels,
+            facts: DaemonSetFacts {
+                name: ds.name_any(),
+                restricted,
+            },
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lookups::NoCluster;
+    use crate::rules::test_support::{deployment, service, with};
+    use serde_json::json;
+
+    #[test]
+    fn each_rule_is_a_finding_and_their_patches_make_the_admitted_object() {
+        let lb = with(
+            with(service(), &["spec", "type"], json!("LoadBalancer")),
+            &["metadata", "namespace"],
+            json!("shop"),
+        );
+        let policy = Policy::default();
+        let (findings, after) = audit_object(Kind::Service, &lb, &policy, &NoCluster);
+        let rules: Vec<Rule> = findings
+            .iter()
+            .filter(|f| f.patch.is_some())
+            .map(|f| f.rule)
+            .collect();
+        assert_eq!(rules, [Rule::ZoneRouting, Rule::LbIpTarget]);
+        // Applying them in order gives what one whole review admits.
+        let mut obj = lb.clone();
+        for f in findings.iter().filter_map(|f| f.patch.as_ref()) {
+            json_patch::patch(&mut obj, f).unwrap();
+        }
+        assert_eq!(Some(&obj), after.as_ref());
+        let (g, v, k, _) = Kind::Service.api();
+        let req = AdmissionRequest {
+            uid: "u".into(),
+            kind: GroupVersionKind::new(g, v, k),
+            sub_resource: None,
+            name: "orders".into(),
+            namespace: "shop".into(),
+            operation: Operation::Create,
+            dry_run: false,
+            object: Some(lb.clone()),
+            old_object: None,
+            complete: true,
+            oversized: false,
+        };
+        let whole = review::review(&req, &policy, &NoCluster, Endpoint::Mutate);
+        let mut once = lb;
+        json_patch::patch(&mut once, whole.patch().unwrap()).unwrap();
+        assert_eq!(once, obj);
+        // The readiness-gate warning is a finding of its own.
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.patch.is_none() && f.message.contains("readiness"))
+        );
+    }
+
+    #[test]
+    fn a_compliant_object_has_no_findings() {
+        let dep = with(deployment(), &["metadata", "namespace"], json!("shop"));
+        let (_, after) = audit_object(Kind::Deployment, &dep, &Policy::default(), &NoCluster);
+        let (findings, again) = audit_object(
+            Kind::Deployment,
+            &after.unwrap(),
+            &Policy::default(),
+            &NoCluster,
+        );
+        assert!(findings.is_empty() && again.is_none(), "{findings:?}");
+    }
+
+    #[test]
+    fn routing_now_and_after() {
+        let routed = with(
+            service(),
+            &["spec", "trafficDistribution"],
+            json!("PreferSameZone"),
+        );
+        assert_eq!(
+            routing_of(&routed, None),
+            (Routing::Distribution, Routing::Distribution)
+        );
+        let hinted = crate::rules::test_support::annotated(service(), TOPOLOGY_MODE, "Auto");
+        assert_eq!(routing_of(&hinted, None).0, Routing::Hints);
+        assert_eq!(
+            routing_of(&service(), Some(&routed)),
+            (Routing::None, Routing::Distribution)
+        );
+    }
+}
