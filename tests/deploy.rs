@@ -490,3 +490,29 @@ fn labelled_namespaces_component_only_narrows_the_cache() {
     );
     assert!(args.contains(&"--cache-namespaces=labelled"), "{args:?}");
 }
+
+/// The audit's ClusterRole grants `list` on exactly what `zonewise audit`
+/// lists, and nothing else.
+#[test]
+fn audit_reader_component_is_list_only_and_matches_the_audit() {
+    let objs = kustomize(&repo().join("deploy/overlays/audit"));
+    typed_check(&objs);
+    assert_eq!(objs.len(), 1, "only the ClusterRole");
+    let role = find(&objs, "ClusterRole", "zonewise-audit");
+    let mut granted = Vec::new();
+    for r in role["rules"].as_array().unwrap() {
+        assert_eq!(strings(&r["verbs"]), ["list"], "list only: {r}");
+        for group in strings(&r["apiGroups"]) {
+            for res in strings(&r["resources"]) {
+                granted.push(format!("{group}/{res}"));
+            }
+        }
+    }
+    granted.sort();
+    let mut listed: Vec<String> = zonewise::audit::list::RESOURCES
+        .iter()
+        .map(|r| format!("{}/{}", r.group, r.plural))
+        .collect();
+    listed.sort();
+    assert_eq!(granted, listed);
+}

@@ -310,7 +310,8 @@ pub fn strip_server_fields(obj: &mut Value) {
 
 /// A patch in words: what it sets or adds, for the table.
 pub fn describe(patch: &Patch) -> String {
-    let mut parts = Vec::new();
+    let mut parts: Vec<String> = Vec::new();
+    let mut spread: Vec<String> = Vec::new();
     for op in &patch.0 {
         let PatchOperation::Add(add) = op else {
             continue;
@@ -320,53 +321,57 @@ pub fn describe(patch: &Patch) -> String {
             .tokens()
             .map(|t| t.decoded().into_owned())
             .collect();
-        let last = tokens.last().map(String::as_str).unwrap_or("");
-        let dotted = tokens
+        let last = tokens
             .iter()
-            .filter(|t| *t != "-")
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(".");
-        let v = &add.value;
-        let part = match (tokens.as_slice(), v) {
-            (_, _) if last == crate::rules::APPLIED => continue,
-            ([m, a, key], Value::String(s)) if m == "metadata" && a == "annotations" => {
-                format!("annotation {key}: {s}")
-            }
-            (_, Value::String(s)) => format!("{dotted}: {s}"),
-            (_, Value::Object(o)) if o.is_empty() => continue,
-            (_, Value::Array(items)) => items
-                .iter()
-                .map(|i| describe_item(&dotted, i))
-                .collect::<Vec<_>>()
-                .join("; "),
-            (_, item) => describe_item(&dotted, item),
+            .rev()
+            .find(|t| *t != "-")
+            .map(String::as_str)
+            .unwrap_or("");
+        let items: Vec<&Value> = match &add.value {
+            Value::Array(items) => items.iter().collect(),
+            v => vec![v],
         };
-        parts.push(part);
-    }
-    format!("would set {}", parts.join("; "))
-}
-
-fn describe_item(path: &str, item: &Value) -> String {
-    let container = path.rsplit('.').next().unwrap_or(path);
-    if let Some(term) = item.get("podAffinityTerm") {
-        return format!(
-            "{container} (weight {}) on {} to {}",
-            item["weight"],
-            term["topologyKey"].as_str().unwrap_or("?"),
-            selector_text(&term["labelSelector"])
-        );
-    }
-    match item.get("topologyKey").and_then(Value::as_str) {
-        Some(key) if item.get("labelSelector").is_some() && container.contains("Affinity") => {
-            format!(
-                "{container} on {key} to {}",
-                selector_text(&item["labelSelector"])
-            )
+        match (tokens.as_slice(), &add.value) {
+            (_, Value::Object(o)) if o.is_empty() => {}
+            ([m, a, key], Value::String(v)) if m == "metadata" && a == "annotations" => {
+                if key != crate::rules::APPLIED {
+                    parts.push(format!("set annotation {key}: {v}"));
+                }
+            }
+            (_, Value::String(v)) => {
+                let dotted = tokens.join(".");
+                parts.push(format!("set {dotted}: {v}"));
+            }
+            _ if last == "topologySpreadConstraints" => spread.extend(
+                items
+                    .iter()
+                    .filter_map(|c| c["topologyKey"].as_str().map(str::to_string)),
+            ),
+            _ if tokens.iter().any(|t| t == "podAffinity") => {
+                let required = last.starts_with("required");
+                for item in items {
+                    let (weight, term) = match item.get("podAffinityTerm") {
+                        Some(t) => (format!(" (weight {})", item["weight"]), t),
+                        None => (String::new(), item),
+                    };
+                    parts.push(format!(
+                        "add {} pod affinity{weight} on {} to {}",
+                        if required { "required" } else { "preferred" },
+                        term["topologyKey"].as_str().unwrap_or("?"),
+                        selector_text(&term["labelSelector"])
+                    ));
+                }
+            }
+            (_, v) => parts.push(format!("set {}: {v}", tokens.join("."))),
         }
-        Some(key) => format!("{container} on {key}"),
-        None => format!("{path}: {item}"),
     }
+    if !spread.is_empty() {
+        parts.push(format!(
+            "add topologySpreadConstraints on {}",
+            spread.join(", ")
+        ));
+    }
+    format!("would {}", parts.join("; "))
 }
 
 fn selector_text(sel: &Value) -> String {
@@ -456,7 +461,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             describe(&p),
-            "would set spec.trafficDistribution: PreferSameZone; annotation service.beta.kubernetes.io/aws-load-balancer-nlb-target-type: ip"
+            "would set spec.trafficDistribution: PreferSameZone; set annotation service.beta.kubernetes.io/aws-load-balancer-nlb-target-type: ip"
         );
         let p: Patch = serde_json::from_value(json!([
             {"op": "add", "path": "/spec/template/spec/topologySpreadConstraints", "value": [{"topologyKey": "topology.kubernetes.io/zone", "maxSkew": 1}]},
@@ -465,8 +470,10 @@ mod tests {
                 {"weight": 100, "podAffinityTerm": {"topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"app": "orders"}}}}]},
         ]))
         .unwrap();
-        let d = describe(&p);
-        assert!(d.contains("topologySpreadConstraints on topology.kubernetes.io/zone; topologySpreadConstraints on kubernetes.io/hostname"), "{d}");
-        assert!(d.contains("preferredDuringSchedulingIgnoredDuringExecution (weight 100) on topology.kubernetes.io/zone to app=orders"), "{d}");
+        assert_eq!(
+            describe(&p),
+            "would add preferred pod affinity (weight 100) on topology.kubernetes.io/zone to app=orders; \
+             add topologySpreadConstraints on topology.kubernetes.io/zone, kubernetes.io/hostname"
+        );
     }
 }
