@@ -549,7 +549,7 @@ fn audit_cmd(args: AuditArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };
-    let report = match rt.block_on(audit::run(&opts)) {
+    let mut report = match rt.block_on(audit::run(&opts)) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };

@@ -299,7 +299,14 @@ async fn collect(
             .await?;
     }
 
-    let mut report = Report::new(summary);
+    let mut report = Report::new(summary, opts.keep_manifests).map_err(|e| {
+        AuditError::Setup(format!(
+            "cannot create a temporary file for the manifests: {e}"
+        ))
+    })?;
+    // The first error writing the report, if any (lists go on; it is
+    // returned at the end).
+    let mut write_error: Option<std::io::Error> = None;
     // Services: facts for the lookups, findings, and what the routing
     // checks need. Reviewed as they come: Service rules look up DaemonSets
     // and namespace labels only, which are all in by now.
@@ -338,7 +345,9 @@ async fn collect(
                         },
                     );
                 }
-                report.add_object(Kind::Service, &svc, findings, after, opts.keep_manifests);
+                if let Err(e) = report.add_object(Kind::Service, &svc, findings, after) {
+                    write_error.get_or_insert(e);
+                }
             })
             .await?;
     }
@@ -415,10 +424,15 @@ async fn collect(
                         return;
                     }
                     let (findings, after) = audit_object(kind, &obj, &policy, &lookups);
-                    report.add_object(kind, &obj, findings, after, opts.keep_manifests);
+                    if let Err(e) = report.add_object(kind, &obj, findings, after) {
+                        write_error.get_or_insert(e);
+                    }
                 })
                 .await?;
         }
+    }
+    if let Some(e) = write_error {
+        return Err(AuditError::Setup(format!("cannot keep the report: {e}")));
     }
     report.summary.routing = policy.routing.mode.to_string();
     report.finish();

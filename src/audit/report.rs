@@ -2,9 +2,16 @@
 //! namespace (with a summary line), JSON, the mutated manifests as YAML
 //! (without server-set fields, ready for Git), or one JSON Patch per
 //! object.
+//!
+//! Memory stays flat as the cluster grows: a finding keeps its patch as
+//! compact JSON text, not as a tree of values; JSON is written finding by
+//! finding; and the YAML manifests go to a temporary file as they are
+//! made, copied to stdout only once every list has succeeded (a failed
+//! audit prints nothing).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,7 +19,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use json_patch::{Patch, PatchOperation};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::RuleFinding;
 use crate::admission::{Kind, Rule};
@@ -27,8 +35,9 @@ pub struct Finding {
     pub name: String,
     pub check: String,
     pub message: String,
+    /// The rule's JSON Patch, as compact JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch: Option<Patch>,
+    pub patch: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -57,32 +66,26 @@ pub struct Summary {
     pub routing: String,
 }
 
-/// One object's combined patch, for `-o patch`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectPatch {
-    pub api_version: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    pub patch: Patch,
-}
-
 #[derive(Debug, Default)]
 pub struct Report {
     pub findings: Vec<Finding>,
     pub summary: Summary,
-    /// The mutated manifests (kept for `-o yaml`).
-    pub manifests: Vec<Value>,
-    pub patches: Vec<ObjectPatch>,
+    /// The mutated manifests as YAML documents (`-o yaml`), spilled to a
+    /// temporary file.
+    manifests: Option<Spill>,
 }
 
 impl Report {
-    pub fn new(summary: Summary) -> Self {
-        Report {
+    pub fn new(summary: Summary, keep_manifests: bool) -> io::Result<Self> {
+        Ok(Report {
             summary,
-            ..Report::default()
-        }
+            findings: Vec::new(),
+            manifests: if keep_manifests {
+                Some(Spill::new()?)
+            } else {
+                None
+            },
+        })
     }
 
     pub fn push(&mut self, f: Finding) {
@@ -96,8 +99,7 @@ impl Report {
         obj: &Value,
         findings: Vec<RuleFinding>,
         after: Option<Value>,
-        keep_manifest: bool,
-    ) {
+    ) -> io::Result<()> {
         *self
             .summary
             .objects_read
@@ -107,14 +109,15 @@ impl Report {
             .unwrap_or("")
             .to_string();
         let name = object::display_name(obj).to_string();
-        let mut combined = Vec::new();
         for f in findings {
             if f.rule == Rule::LocalPolicy && f.patch.is_none() && f.message.contains("Ways out") {
                 self.summary.would_deny += 1;
             }
-            if let Some(p) = &f.patch {
-                combined.extend(p.0.iter().cloned());
-            }
+            let patch = f
+                .patch
+                .map(|p| serde_json::to_string(&p).and_then(RawValue::from_string))
+                .transpose()
+                .map_err(io::Error::other)?;
             self.findings.push(Finding {
                 kind: kind.name().to_string(),
                 api_version: kind.api_version(),
@@ -122,23 +125,17 @@ impl Report {
                 name: name.clone(),
                 check: f.rule.name().to_string(),
                 message: f.message,
-                patch: f.patch,
+                patch,
             });
         }
         if let Some(mut after) = after {
             self.summary.would_change += 1;
-            self.patches.push(ObjectPatch {
-                api_version: kind.api_version(),
-                kind: kind.name().to_string(),
-                namespace,
-                name,
-                patch: Patch(combined),
-            });
-            if keep_manifest {
+            if let Some(spill) = &mut self.manifests {
                 strip_server_fields(&mut after);
-                self.manifests.push(after);
+                spill.document(&after)?;
             }
         }
+        Ok(())
     }
 
     /// Orders the findings by namespace, kind and name (stable within an
@@ -224,34 +221,123 @@ impl Report {
         writeln!(out, "{}", self.summary_line())
     }
 
+    /// `{"findings": [...], "summary": {...}}`, a finding a line.
     pub fn write_json(&self, out: &mut dyn Write) -> io::Result<()> {
-        let v = json!({"findings": self.findings, "summary": self.summary});
-        serde_json::to_writer_pretty(&mut *out, &v)?;
-        writeln!(out)
+        writeln!(out, "{{\"findings\": [")?;
+        for (i, f) in self.findings.iter().enumerate() {
+            write!(out, "  ")?;
+            serde_json::to_writer(&mut *out, f)?;
+            writeln!(
+                out,
+                "{}",
+                if i + 1 < self.findings.len() { "," } else { "" }
+            )?;
+        }
+        write!(out, "], \"summary\": ")?;
+        serde_json::to_writer_pretty(&mut *out, &self.summary)?;
+        writeln!(out, "}}")
     }
 
     /// The mutated manifests, multi-document, without server-set fields.
-    pub fn write_yaml(&self, out: &mut dyn Write) -> io::Result<()> {
-        for (i, m) in self.manifests.iter().enumerate() {
-            if i > 0 {
-                writeln!(out, "---")?;
+    pub fn write_yaml(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        match &mut self.manifests {
+            Some(spill) => spill.copy_to(out),
+            None => Ok(()),
+        }
+    }
+
+    /// One line per object that would change: its identity and JSON Patch
+    /// (the rules' patches in order, which JSON Patch applies in sequence).
+    pub fn write_patches(&self, out: &mut dyn Write) -> io::Result<()> {
+        let mut i = 0;
+        while i < self.findings.len() {
+            let first = &self.findings[i];
+            let same = |f: &Finding| {
+                (&f.namespace, &f.kind, &f.name) == (&first.namespace, &first.kind, &first.name)
+            };
+            let end = self.findings[i..]
+                .iter()
+                .position(|f| !same(f))
+                .map_or(self.findings.len(), |n| i + n);
+            let ops: Vec<&str> = self.findings[i..end]
+                .iter()
+                .filter_map(|f| f.patch.as_ref())
+                .map(|p| p.get().trim().trim_start_matches('[').trim_end_matches(']'))
+                .filter(|p| !p.is_empty())
+                .collect();
+            if !ops.is_empty() {
+                let id = serde_json::json!({"apiVersion": first.api_version, "kind": first.kind,
+                    "namespace": first.namespace, "name": first.name});
+                let id = id.to_string();
+                // `{...}` without its closing brace, then the patch.
+                writeln!(
+                    out,
+                    "{},\"patch\":[{}]}}",
+                    &id[..id.len() - 1],
+                    ops.join(",")
+                )?;
             }
-            let text = serde_saphyr::to_string(m).map_err(|e| io::Error::other(e.to_string()))?;
-            out.write_all(text.as_bytes())?;
-            if !text.ends_with('\n') {
-                writeln!(out)?;
-            }
+            i = end;
         }
         Ok(())
     }
+}
 
-    /// One line per object that would change: its identity and JSON Patch.
-    pub fn write_patches(&self, out: &mut dyn Write) -> io::Result<()> {
-        for p in &self.patches {
-            serde_json::to_writer(&mut *out, p)?;
-            writeln!(out)?;
+/// YAML documents in a temporary file (removed when dropped).
+#[derive(Debug)]
+struct Spill {
+    path: std::path::PathBuf,
+    file: io::BufWriter<std::fs::File>,
+    documents: usize,
+}
+
+impl Spill {
+    fn new() -> io::Result<Spill> {
+        use std::sync::atomic::AtomicUsize;
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "zonewise-audit-{}-{}.yaml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(Spill {
+            path,
+            file: io::BufWriter::new(file),
+            documents: 0,
+        })
+    }
+
+    fn document(&mut self, v: &Value) -> io::Result<()> {
+        if self.documents > 0 {
+            writeln!(self.file, "---")?;
         }
+        let text = serde_saphyr::to_string(v).map_err(|e| io::Error::other(e.to_string()))?;
+        self.file.write_all(text.as_bytes())?;
+        if !text.ends_with('\n') {
+            writeln!(self.file)?;
+        }
+        self.documents += 1;
         Ok(())
+    }
+
+    fn copy_to(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        use std::io::Seek;
+        self.file.flush()?;
+        let file = self.file.get_mut();
+        file.seek(io::SeekFrom::Start(0))?;
+        io::copy(file, out)?;
+        Ok(())
+    }
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -429,6 +515,7 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn server_fields_are_stripped_and_owner_fields_kept() {
