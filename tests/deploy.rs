@@ -1,5 +1,5 @@
 //! deploy/ as `kubectl kustomize` renders it: base and both overlays,
-//! checked field by field against DESIGN.md. Needs `kubectl` on PATH (only
+//! checked field by field against docs/design.md. Needs `kubectl` on PATH (only
 //! its offline `kustomize` subcommand is used).
 
 use std::path::{Path, PathBuf};
@@ -153,7 +153,7 @@ fn check_namespace_selector(webhook: &Value) {
 }
 
 #[test]
-fn base_renders_everything_design_md_lists() {
+fn base_renders_everything_the_design_lists() {
     let objs = kustomize(&repo().join("deploy/base"));
     typed_check(&objs);
     for (kind, name) in [

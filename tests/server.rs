@@ -1,6 +1,6 @@
 //! The real server over real TLS on a loopback socket, called the way the
 //! API server calls it: every fixture over HTTP/1.1 keep-alive and h2, every
-//! row of DESIGN.md's bad-input table, stalled clients, probes, metrics, and
+//! row of the README's bad-input table, stalled clients, probes, metrics, and
 //! the one-command development start of the real binary.
 
 mod common;
