@@ -463,36 +463,7 @@ impl Watched for DaemonSet {
     type Entry = (String, DaemonSetEntry);
 
     fn entry(&self) -> Self::Entry {
-        let template = self.spec.as_ref().map(|s| &s.template);
-        let labels: BTreeMap<String, String> = template
-            .and_then(|t| t.metadata.as_ref())
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default();
-        let pod = template.and_then(|t| t.spec.as_ref());
-        // A node selector or required node affinity leaves some nodes
-        // without a pod, hence without a local endpoint.
-        let restricted = pod.is_some_and(|p| {
-            p.node_selector.as_ref().is_some_and(|n| !n.is_empty())
-                || p.affinity
-                    .as_ref()
-                    .and_then(|a| a.node_affinity.as_ref())
-                    .and_then(|n| {
-                        n.required_during_scheduling_ignored_during_execution
-                            .as_ref()
-                    })
-                    .is_some()
-        });
-        let r = object_ref(self);
-        (
-            r.namespace,
-            DaemonSetEntry {
-                labels,
-                facts: DaemonSetFacts {
-                    name: r.name,
-                    restricted,
-                },
-            },
-        )
+        daemonset_entry(self)
     }
 
     fn replace(cache: &ClusterCache, scope: Option<&str>, entries: Vec<Self::Entry>) {
@@ -566,6 +537,40 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
 {
     watcher::watcher(api, watcher::Config::default()).default_backoff()
+}
+
+/// What the rules need of a DaemonSet: its namespace, pod template labels,
+/// and whether its node selection leaves nodes out. (The cache and the
+/// audit both read DaemonSets this way.)
+pub fn daemonset_entry(ds: &DaemonSet) -> (String, DaemonSetEntry) {
+    let template = ds.spec.as_ref().map(|s| &s.template);
+    let labels: BTreeMap<String, String> = template
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    // A node selector or required node affinity leaves some nodes without
+    // a pod, hence without a local endpoint.
+    let restricted = template.and_then(|t| t.spec.as_ref()).is_some_and(|p| {
+        p.node_selector.as_ref().is_some_and(|n| !n.is_empty())
+            || p.affinity
+                .as_ref()
+                .and_then(|a| a.node_affinity.as_ref())
+                .is_some_and(|n| {
+                    n.required_during_scheduling_ignored_during_execution
+                        .is_some()
+                })
+    });
+    let r = object_ref(ds);
+    (
+        r.namespace,
+        DaemonSetEntry {
+            labels,
+            facts: DaemonSetFacts {
+                name: r.name,
+                restricted,
+            },
+        },
+    )
 }
 
 /// Runs one watch (a kind, cluster-wide or in one namespace) forever.

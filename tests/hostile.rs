@@ -59,6 +59,25 @@ impl Hostile {
         );
     }
 
+    /// Every log line so far, once at least `n` of them contain `needle`.
+    async fn logged(&self, needle: &str, n: usize) -> Vec<String> {
+        let logs = self.server.logs.clone();
+        eventually(
+            &format!("{n} log lines with {needle}"),
+            Duration::from_secs(5),
+            async || {
+                logs.lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|l| l.contains(needle))
+                    .count()
+                    >= n
+            },
+        )
+        .await;
+        logs.lock().unwrap().clone()
+    }
+
     async fn metric(&self, series: &str) -> f64 {
         metric(
             &plain_get(self.server.metrics_addr, "/metrics").await.1,
@@ -423,21 +442,7 @@ async fn logs_carry_no_object_content() {
             .warnings
             .is_empty()
     );
-    let logs = h.server.logs.clone();
-    eventually(
-        "the review lines to be written",
-        Duration::from_secs(5),
-        async || {
-            logs.lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains("\"review\""))
-                .count()
-                >= 2
-        },
-    )
-    .await;
-    let logs = logs.lock().unwrap().join("\n");
+    let logs = h.logged("\"review\"", 2).await.join("\n");
     assert!(logs.contains("refused request"), "{logs}");
     assert!(
         !logs.contains(secret),
@@ -1032,21 +1037,7 @@ async fn identifiers_cannot_forge_or_flood_log_lines() {
             assert!(r.body.len() < 512, "nothing echoed: {} bytes", r.body.len());
         }
         h.still_serves().await;
-        let logs = h.server.logs.clone();
-        eventually(
-            "the refusals to be logged",
-            Duration::from_secs(5),
-            async || {
-                logs.lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|l| l.contains("refused request"))
-                    .count()
-                    >= 4
-            },
-        )
-        .await;
-        for line in logs.lock().unwrap().iter() {
+        for line in h.logged("refused request", 4).await {
             assert!(
                 !line.contains('\u{1b}'),
                 "{format}: an escape reached the log: {line:?}"

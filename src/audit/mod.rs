@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::admission::{AdmissionRequest, GroupVersionKind, Kind, Operation, Rule, Verdict};
 use crate::config::{Config, ObjectRef};
-use crate::lookups::{DaemonSetEntry, DaemonSetFacts, InMemory, Lookups, ServiceFacts};
+use crate::lookups::{InMemory, Lookups, ServiceFacts};
 use crate::object;
 use crate::policy::{Environment, Policy};
 use crate::review::{self, Endpoint, Only};
@@ -292,7 +292,7 @@ async fn collect(
                 if let Ok(ds) =
                     serde_json::from_str::<k8s_openapi::api::apps::v1::DaemonSet>(raw.get())
                 {
-                    let (ns, entry) = daemonset_entry(&ds);
+                    let (ns, entry) = crate::cluster::daemonset_entry(&ds);
                     lookups.upsert_daemonset(&ns, entry);
                 }
             })
@@ -453,35 +453,6 @@ fn service_facts_of(svc: &Value) -> ServiceFacts {
         selector: (!selector.is_empty()).then_some(selector),
         local: rules::is_local(svc),
     }
-}
-
-fn daemonset_entry(ds: &k8s_openapi::api::apps::v1::DaemonSet) -> (String, DaemonSetEntry) {
-    use kube::ResourceExt;
-    let template = ds.spec.as_ref().map(|s| &s.template);
-    let labels = template
-        .and_then(|t| t.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
-    let restricted = template.and_then(|t| t.spec.as_ref()).is_some_and(|p| {
-        p.node_selector.as_ref().is_some_and(|n| !n.is_empty())
-            || p.affinity
-                .as_ref()
-                .and_then(|a| a.node_affinity.as_ref())
-                .is_some_and(|n| {
-                    n.required_during_scheduling_ignored_during_execution
-                        .is_some()
-                })
-    });
-    (
-        ds.namespace().unwrap_or_default(),
-        DaemonSetEntry {
-            labels,
-            facts: DaemonSetFacts {
-                name: ds.name_any(),
-                restricted,
-            },
-        },
-    )
 }
 
 #[cfg(test)]

@@ -16,9 +16,9 @@
 use serde_json::{Value, json};
 
 use super::{
-    ALLOW_LOCAL, Action, Check, Context, Kind, Mutation, Rule, RuleSpec, SERVICE_SHAPE,
-    TRAFFIC_DISTRIBUTION, has_topology_annotation, has_topology_setting, is_headless, is_local,
-    read, service_selector, service_type,
+    ALLOW_LOCAL, Action, Check, Context, Kind, Mutation, Rule, RuleSpec, SERVICE_ROUTING,
+    has_topology_annotation, has_topology_setting, is_headless, is_local, read, service_selector,
+    service_type,
 };
 use crate::config::LocalPolicyMode;
 use crate::lookups::Lookup;
@@ -30,14 +30,7 @@ pub const SPEC: RuleSpec = RuleSpec {
     rule: Rule::LocalPolicy,
     kinds: &[Kind::Service],
     action: Action::Check(check),
-    reads: &[
-        SERVICE_SHAPE[0],
-        SERVICE_SHAPE[1],
-        SERVICE_SHAPE[2],
-        SERVICE_SHAPE[3],
-        SERVICE_SHAPE[4],
-        TRAFFIC_DISTRIBUTION,
-    ],
+    reads: &SERVICE_ROUTING,
     reads_old: &[read::<String>(&["spec", "internalTrafficPolicy"])],
 };
 

@@ -353,15 +353,17 @@ pub fn has_topology_annotation(svc: &Value) -> bool {
     object::has_annotation(svc, TOPOLOGY_MODE) || object::has_annotation(svc, TOPOLOGY_HINTS)
 }
 
-/// The reads every Service rule shares.
-const SERVICE_SHAPE: [Read; 5] = [
+/// What zone-routing and local-policy read of a Service: whether kube-proxy
+/// routes it (type, selector, headless), its traffic policy and topology
+/// settings (the annotations are the pipeline's).
+const SERVICE_ROUTING: [Read; 6] = [
     read::<String>(&["spec", "type"]),
     read::<StringMap>(&["spec", "selector"]),
     read::<String>(&["spec", "clusterIP"]),
     read::<Vec<String>>(&["spec", "clusterIPs"]),
     read::<String>(&["spec", "internalTrafficPolicy"]),
+    read::<String>(&["spec", "trafficDistribution"]),
 ];
-const TRAFFIC_DISTRIBUTION: Read = read::<String>(&["spec", "trafficDistribution"]);
 
 /// The workload reads zone-spread and call-affinity share.
 const POD_LABELS: Read = read::<StringMap>(&["spec", "template", "metadata", "labels"]);

@@ -11,8 +11,8 @@
 use serde_json::{Value, json};
 
 use super::{
-    Action, Context, Kind, Mutation, Rule, RuleSpec, SERVICE_SHAPE, TOPOLOGY_MODE,
-    TRAFFIC_DISTRIBUTION, has_selector, has_topology_setting, is_headless, is_local, service_type,
+    Action, Context, Kind, Mutation, Rule, RuleSpec, SERVICE_ROUTING, TOPOLOGY_MODE, has_selector,
+    has_topology_setting, is_headless, is_local, service_type,
 };
 use crate::patch::PatchError;
 use crate::versions::RoutingMode;
@@ -22,14 +22,7 @@ pub const SPEC: RuleSpec = RuleSpec {
     rule: Rule::ZoneRouting,
     kinds: &[Kind::Service],
     action: Action::Mutate(apply),
-    reads: &[
-        SERVICE_SHAPE[0],
-        SERVICE_SHAPE[1],
-        SERVICE_SHAPE[2],
-        SERVICE_SHAPE[3],
-        SERVICE_SHAPE[4],
-        TRAFFIC_DISTRIBUTION,
-    ],
+    reads: &SERVICE_ROUTING,
     reads_old: &[],
 };
 
