@@ -600,6 +600,22 @@ async fn a_forbidden_list_names_what_is_missing_and_produces_no_report() {
         err.contains("zonewise-audit"),
         "points at the ClusterRole: {err}"
     );
+    // An item that does not read as its kind: no report either, and the
+    // list is named.
+    let fake = cluster().await;
+    fake.apply(
+        "daemonsets",
+        json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "odd", "namespace": "shop"}, "spec": "not an object"}),
+    );
+    let out = audit(&fake, &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("daemonsets.apps") && err.contains("unreadable item"),
+        "{err}"
+    );
     // Namespaced: the namespace is named.
     let fake = cluster().await;
     fake.forbid("deployments", Some("billing"));

@@ -181,13 +181,14 @@ impl Lister {
     }
 
     /// Lists `res` (in `namespace`, or everywhere), optionally with a label
-    /// selector, calling `each` with every item's raw JSON.
+    /// selector, calling `each` with every item's raw JSON. An item `each`
+    /// cannot read fails the list: a report without it would be partial.
     pub async fn each(
         &mut self,
         res: &Resource,
         namespace: Option<&str>,
         label_selector: Option<&str>,
-        mut each: impl FnMut(&RawValue),
+        mut each: impl FnMut(&RawValue) -> Result<(), String>,
     ) -> Result<usize, ListError> {
         let scope = match namespace {
             Some(ns) if res.namespaced => format!("in namespace {ns}"),
@@ -222,7 +223,7 @@ impl Lister {
                 .map_err(|e| self.failed(res, &scope, pages, format!("unreadable list: {e}")))?;
             pages += 1;
             for item in &page.items {
-                each(item);
+                each(item).map_err(|e| self.failed(res, &scope, pages, e))?;
             }
             count += page.items.len();
             (self.on_page)(res, count);

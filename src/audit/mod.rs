@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::admission::{AdmissionRequest, GroupVersionKind, Kind, Operation, Rule, Verdict};
 use crate::config::{Config, ObjectRef};
-use crate::lookups::{InMemory, Lookups, ServiceFacts};
+use crate::lookups::{DaemonSetFacts, InMemory, Lookup, Lookups, ServiceFacts};
 use crate::object;
 use crate::policy::{Environment, Policy};
 use crate::review::{self, Endpoint, Only};
@@ -126,6 +126,8 @@ pub struct RuleFinding {
     /// The rule's own patch (relative to the object as the rules before it
     /// left it).
     pub patch: Option<Patch>,
+    /// The webhook would refuse the object (`message` says why).
+    pub denied: bool,
     pub message: String,
 }
 
@@ -174,6 +176,7 @@ pub fn audit_object(
                     findings.push(RuleFinding {
                         rule: spec.rule,
                         patch: Some(patch),
+                        denied: false,
                         message,
                     });
                 }
@@ -181,6 +184,7 @@ pub fn audit_object(
             Verdict::Denied { message, .. } => findings.push(RuleFinding {
                 rule: spec.rule,
                 patch: None,
+                denied: true,
                 message,
             }),
             Verdict::Allowed => {}
@@ -191,6 +195,7 @@ pub fn audit_object(
                 findings.push(RuleFinding {
                     rule: spec.rule,
                     patch: None,
+                    denied: false,
                     message: w.trim_start_matches("zonewise: ").to_string(),
                 });
             }
@@ -234,16 +239,16 @@ async fn collect(
     let mut gates: std::collections::HashSet<String> = Default::default();
     lister
         .each(&list::NAMESPACES, None, None, |raw| {
-            if let Ok(ns) = serde_json::from_str::<Item>(raw.get()) {
-                let l = &ns.metadata.labels;
-                if l.get(ENABLED_LABEL).is_some_and(|v| v == "true") {
-                    labelled.insert(ns.metadata.name.clone());
-                }
-                if l.get(READINESS_GATE_LABEL).is_some_and(|v| v == "enabled") {
-                    gates.insert(ns.metadata.name.clone());
-                }
-                all.insert(ns.metadata.name);
+            let ns: Item = parse(raw)?;
+            let l = &ns.metadata.labels;
+            if l.get(ENABLED_LABEL).is_some_and(|v| v == "true") {
+                labelled.insert(ns.metadata.name.clone());
             }
+            if l.get(READINESS_GATE_LABEL).is_some_and(|v| v == "enabled") {
+                gates.insert(ns.metadata.name.clone());
+            }
+            all.insert(ns.metadata.name);
+            Ok(())
         })
         .await?;
     let scope: BTreeSet<String> = match &opts.scope {
@@ -267,9 +272,8 @@ async fn collect(
     let mut nodes = Nodes::default();
     lister
         .each(&list::NODES, None, None, |raw| {
-            if let Ok(n) = serde_json::from_str::<checks::NodeItem>(raw.get()) {
-                nodes.add(n);
-            }
+            nodes.add(parse(raw)?);
+            Ok(())
         })
         .await?;
     summary.nodes = nodes.total;
@@ -282,19 +286,25 @@ async fn collect(
     };
     let policy = Policy::new(opts.config.clone(), &env);
 
-    let mut lookups = InMemory {
-        readiness_gates: gates,
-        ..InMemory::default()
+    let mut lookups = Scoped {
+        known: InMemory {
+            readiness_gates: gates,
+            ..InMemory::default()
+        },
+        // With -n only those namespaces are listed: a callee elsewhere is
+        // unknown, not absent.
+        listed: match &opts.scope {
+            Scope::Only(_) => Some(scope.clone()),
+            _ => None,
+        },
     };
     for ns in &namespaces {
         lister
             .each(&list::DAEMONSETS, ns.as_deref(), None, |raw| {
-                if let Ok(ds) =
-                    serde_json::from_str::<k8s_openapi::api::apps::v1::DaemonSet>(raw.get())
-                {
-                    let (ns, entry) = crate::cluster::daemonset_entry(&ds);
-                    lookups.upsert_daemonset(&ns, entry);
-                }
+                let ds: k8s_openapi::api::apps::v1::DaemonSet = parse(raw)?;
+                let (ns, entry) = crate::cluster::daemonset_entry(&ds);
+                lookups.known.upsert_daemonset(&ns, entry);
+                Ok(())
             })
             .await?;
     }
@@ -315,16 +325,14 @@ async fn collect(
     for ns in &namespaces {
         lister
             .each(&list::SERVICES, ns.as_deref(), None, |raw| {
-                let Ok(svc) = serde_json::from_str::<Value>(raw.get()) else {
-                    return;
-                };
+                let svc: Value = parse(raw)?;
                 let r = ObjectRef::new(
                     object::str_at(&svc, &["metadata", "namespace"]).unwrap_or(""),
                     object::display_name(&svc),
                 );
                 service_facts.push((r.clone(), service_facts_of(&svc)));
                 if !in_scope(&r.namespace) {
-                    return;
+                    return Ok(());
                 }
                 let (findings, after) = audit_object(Kind::Service, &svc, &policy, &lookups);
                 let skip_all = object::annotation(&svc, rules::SKIP)
@@ -348,19 +356,18 @@ async fn collect(
                 if let Err(e) = report.add_object(Kind::Service, &svc, findings, after) {
                     write_error.get_or_insert(e);
                 }
+                Ok(())
             })
             .await?;
     }
-    lookups.replace_services(None, service_facts);
+    lookups.known.replace_services(None, service_facts);
 
     // EndpointSlices of the Services in scope.
     let mut endpoints: HashMap<(String, String), Endpoints> = HashMap::new();
     for ns in &namespaces {
         lister
             .each(&list::ENDPOINT_SLICES, ns.as_deref(), None, |raw| {
-                let Ok(slice) = serde_json::from_str::<checks::SliceItem>(raw.get()) else {
-                    return;
-                };
+                let slice: checks::SliceItem = parse(raw)?;
                 let ns = slice.metadata.namespace.clone().unwrap_or_default();
                 let Some(svc) = slice
                     .metadata
@@ -368,12 +375,13 @@ async fn collect(
                     .get(checks::SERVICE_NAME_LABEL)
                     .cloned()
                 else {
-                    return;
+                    return Ok(());
                 };
                 let key = (ns, svc);
                 if services.contains_key(&key) {
                     endpoints.entry(key).or_default().add(slice, &nodes);
                 }
+                Ok(())
             })
             .await?;
     }
@@ -417,16 +425,15 @@ async fn collect(
         for ns in &namespaces {
             lister
                 .each(&res, ns.as_deref(), None, |raw| {
-                    let Ok(obj) = serde_json::from_str::<Value>(raw.get()) else {
-                        return;
-                    };
+                    let obj: Value = parse(raw)?;
                     if !in_scope(object::str_at(&obj, &["metadata", "namespace"]).unwrap_or("")) {
-                        return;
+                        return Ok(());
                     }
                     let (findings, after) = audit_object(kind, &obj, &policy, &lookups);
                     if let Err(e) = report.add_object(kind, &obj, findings, after) {
                         write_error.get_or_insert(e);
                     }
+                    Ok(())
                 })
                 .await?;
         }
@@ -439,10 +446,54 @@ async fn collect(
     Ok(report)
 }
 
+/// The cluster as listed, and which namespaces were listed.
+struct Scoped {
+    known: InMemory,
+    /// `None`: every namespace was listed.
+    listed: Option<BTreeSet<String>>,
+}
+
+const NOT_LISTED: &str = "namespace outside the audit's scope";
+
+impl Scoped {
+    fn listed(&self, ns: &str) -> bool {
+        self.listed.as_ref().is_none_or(|l| l.contains(ns))
+    }
+}
+
+impl Lookups for Scoped {
+    fn service(&self, svc: &ObjectRef) -> Lookup<ServiceFacts> {
+        if !self.listed(&svc.namespace) {
+            return Lookup::Unavailable(NOT_LISTED);
+        }
+        self.known.service(svc)
+    }
+
+    fn daemonset_matching(
+        &self,
+        namespace: &str,
+        selector: &[(&str, &str)],
+    ) -> Lookup<DaemonSetFacts> {
+        if !self.listed(namespace) {
+            return Lookup::Unavailable(NOT_LISTED);
+        }
+        self.known.daemonset_matching(namespace, selector)
+    }
+
+    fn readiness_gate(&self, namespace: &str) -> Lookup<bool> {
+        self.known.readiness_gate(namespace)
+    }
+}
+
 /// A namespace or similar: name and labels.
 #[derive(serde::Deserialize)]
 struct Item {
     metadata: checks::Meta,
+}
+
+/// An item of a list, as `T`; an item that does not parse fails the list.
+fn parse<T: serde::de::DeserializeOwned>(raw: &serde_json::value::RawValue) -> Result<T, String> {
+    serde_json::from_str(raw.get()).map_err(|e| format!("unreadable item: {e}"))
 }
 
 fn service_facts_of(svc: &Value) -> ServiceFacts {
@@ -520,6 +571,36 @@ mod tests {
             &NoCluster,
         );
         assert!(findings.is_empty() && again.is_none(), "{findings:?}");
+    }
+
+    #[test]
+    fn with_some_namespaces_listed_the_others_are_unknown_not_absent() {
+        let scoped = Scoped {
+            known: InMemory::default(),
+            listed: Some(BTreeSet::from(["shop".to_string()])),
+        };
+        // Listed and not there: absent.
+        assert!(matches!(
+            scoped.service(&ObjectRef::new("shop", "orders")),
+            Lookup::NotFound
+        ));
+        // Never listed: the rules must not act as if it were absent.
+        assert!(matches!(
+            scoped.service(&ObjectRef::new("billing", "orders")),
+            Lookup::Unavailable(NOT_LISTED)
+        ));
+        assert!(matches!(
+            scoped.daemonset_matching("billing", &[("app", "agent")]),
+            Lookup::Unavailable(NOT_LISTED)
+        ));
+        let everywhere = Scoped {
+            known: InMemory::default(),
+            listed: None,
+        };
+        assert!(matches!(
+            everywhere.service(&ObjectRef::new("billing", "orders")),
+            Lookup::NotFound
+        ));
     }
 
     #[test]

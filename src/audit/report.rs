@@ -23,7 +23,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::RuleFinding;
-use crate::admission::{Kind, Rule};
+use crate::admission::Kind;
 use crate::object;
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,7 +110,7 @@ impl Report {
             .to_string();
         let name = object::display_name(obj).to_string();
         for f in findings {
-            if f.rule == Rule::LocalPolicy && f.patch.is_none() && f.message.contains("Ways out") {
+            if f.denied {
                 self.summary.would_deny += 1;
             }
             let patch = f

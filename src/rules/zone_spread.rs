@@ -288,11 +288,16 @@ fn usable_zone_count(allowed: &Zones, known: Option<&BTreeSet<String>>) -> Optio
 // ------------------------------------------------------------- capacity
 
 fn warn_capacity(w: &Value, ctx: &Context<'_>, zones: Option<usize>, out: &mut Mutation<'_>) {
-    let (Some(zones), Some(replicas)) = (zones, declared_replicas(w)) else {
+    // Zones first: without them there is nothing to compare, and reading
+    // the replicas may parse the last-applied annotation.
+    let Some(zones) = zones.filter(|z| *z >= 2) else {
+        return;
+    };
+    let Some(replicas) = declared_replicas(w) else {
         return;
     };
     let zones = i64::try_from(zones).unwrap_or(i64::MAX);
-    if replicas == 0 || zones < 2 {
+    if replicas == 0 {
         return;
     }
     let what = ctx.describe(w);
