@@ -35,7 +35,7 @@ use crate::config::ObjectRef;
 use crate::lookups::{DaemonSetEntry, DaemonSetFacts, InMemory, Lookup, Lookups, ServiceFacts};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
 use crate::policy::LivePolicy;
-use crate::rules::{LEGACY_ZONE_KEY, READINESS_GATE_LABEL, ZONE_KEY};
+use crate::rules::READINESS_GATE_LABEL;
 use crate::versions::KubeVersion;
 
 pub const NOT_SYNCED: &str = "cluster cache not synced";
@@ -136,14 +136,9 @@ impl NodeZones {
     }
 }
 
-/// A Node's zone label (the current one, else the deprecated one).
+/// A Node's zone, kept as a small boxed string.
 fn node_zone(labels: Option<&BTreeMap<String, String>>) -> Option<Box<str>> {
-    let labels = labels?;
-    labels
-        .get(ZONE_KEY)
-        .or_else(|| labels.get(LEGACY_ZONE_KEY))
-        .filter(|z| !z.is_empty())
-        .map(|z| z.as_str().into())
+    crate::rules::node_zone(labels?).map(Into::into)
 }
 
 /// The cache: a snapshot plus what is known about its freshness.
@@ -801,7 +796,8 @@ mod tests {
         z.upsert("n1".into(), Some("c".into()));
         assert_eq!(z.zones(), ["c".to_string()].into());
         assert_eq!(z.nodes(), 2);
-        let labels = BTreeMap::from([(LEGACY_ZONE_KEY.to_string(), "old".to_string())]);
+        let labels =
+            BTreeMap::from([(crate::rules::LEGACY_ZONE_KEY.to_string(), "old".to_string())]);
         assert_eq!(node_zone(Some(&labels)).as_deref(), Some("old"));
     }
 

@@ -222,6 +222,12 @@ fn applied_value(obj: &Value, applied: &[Rule]) -> String {
     names.join(",")
 }
 
+/// Whether `zonewise.io/skip` opts the object out of every rule, read as a
+/// review reads it.
+pub fn skips_everything(obj: &Value) -> bool {
+    Skips::parse(obj, &mut Warnings::new()).all
+}
+
 /// Entries read from `zonewise.io/skip`: every rule name fits many times.
 const MAX_SKIP_ENTRIES: usize = 32;
 

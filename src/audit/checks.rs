@@ -69,12 +69,7 @@ struct Condition {
 impl Nodes {
     pub fn add(&mut self, node: NodeItem) {
         self.total += 1;
-        let labels = &node.metadata.labels;
-        let zone = labels
-            .get(crate::rules::ZONE_KEY)
-            .or_else(|| labels.get(crate::rules::LEGACY_ZONE_KEY))
-            .filter(|z| !z.is_empty())
-            .cloned();
+        let zone = crate::rules::node_zone(&node.metadata.labels).map(str::to_string);
         let ready = node.status.is_some_and(|s| {
             s.conditions
                 .iter()

@@ -143,24 +143,25 @@ pub fn audit_object(
     let namespace = object::str_at(obj, &["metadata", "namespace"])
         .unwrap_or("default")
         .to_string();
-    let mut current = obj.clone();
+    // One request for every row: each rule sees the object as the rules
+    // before it left it, patched in place.
+    let mut req = AdmissionRequest {
+        uid: "zonewise-audit".into(),
+        kind: GroupVersionKind::new(group, version, kind_name),
+        sub_resource: None,
+        name: object::display_name(obj).to_string(),
+        namespace,
+        operation: Operation::Create,
+        dry_run: true,
+        object: Some(obj.clone()),
+        old_object: None,
+        complete: true,
+        oversized: false,
+    };
     let mut changed = false;
     let mut findings = Vec::new();
     let mut said: BTreeSet<String> = BTreeSet::new();
     for spec in rules::rules_for(kind) {
-        let req = AdmissionRequest {
-            uid: "zonewise-audit".into(),
-            kind: GroupVersionKind::new(group, version, kind_name),
-            sub_resource: None,
-            name: object::display_name(&current).to_string(),
-            namespace: namespace.clone(),
-            operation: Operation::Create,
-            dry_run: true,
-            object: Some(current.clone()),
-            old_object: None,
-            complete: true,
-            oversized: false,
-        };
         let out = review::review_only(
             &req,
             policy,
@@ -171,7 +172,12 @@ pub fn audit_object(
         match out.verdict {
             Verdict::Patched { patch, .. } => {
                 let message = report::describe(&patch);
-                if json_patch::patch(&mut current, &patch).is_ok() {
+                // json-patch leaves the object as it was when a patch fails.
+                let applied = req
+                    .object
+                    .as_mut()
+                    .is_some_and(|current| json_patch::patch(current, &patch).is_ok());
+                if applied {
                     changed = true;
                     findings.push(RuleFinding {
                         rule: spec.rule,
@@ -201,7 +207,7 @@ pub fn audit_object(
             }
         }
     }
-    (findings, changed.then_some(current))
+    (findings, if changed { req.object } else { None })
 }
 
 /// The zone-routing state of a Service as it is, and once zonewise's
@@ -335,9 +341,7 @@ async fn collect(
                     return Ok(());
                 }
                 let (findings, after) = audit_object(Kind::Service, &svc, &policy, &lookups);
-                let skip_all = object::annotation(&svc, rules::SKIP)
-                    .is_some_and(|s| s.split(',').any(|i| i.trim().eq_ignore_ascii_case("true")));
-                if !skip_all && !policy.excluded.contains(&r.namespace) {
+                if !review::skips_everything(&svc) && !policy.excluded.contains(&r.namespace) {
                     let (routing, routing_after) = routing_of(&svc, after.as_ref());
                     services.insert(
                         (r.namespace.clone(), r.name.clone()),

@@ -6,14 +6,13 @@
 //! another zone. `alb.ingress.kubernetes.io/target-type: ip` removes that
 //! hop. Ingresses of other controllers are not touched.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Action, Context, Kind, Mutation, Rule, RuleSpec, read};
 use crate::config::TargetType;
 use crate::object;
 use crate::patch::PatchError;
-use crate::rules::lb_ip_target::warn_without_readiness_gate;
-use crate::warnings::Priority;
+use crate::rules::lb_ip_target::prefer_ip_targets;
 
 pub const ALB_TARGET_TYPE: &str = "alb.ingress.kubernetes.io/target-type";
 /// The class annotation from before `spec.ingressClassName` (1.18); the
@@ -33,23 +32,7 @@ pub fn apply(ing: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(
     if cfg.target_type == TargetType::Off || !served_by_alb(ing, &cfg.alb_classes) {
         return Ok(());
     }
-    match object::annotation(ing, ALB_TARGET_TYPE) {
-        None => {
-            out.patch
-                .set(&["metadata", "annotations", ALB_TARGET_TYPE], json!("ip"))?;
-            warn_without_readiness_gate(ctx, out);
-        }
-        Some(v) if v.trim().eq_ignore_ascii_case("instance") => out.warn(
-            Priority::Normal,
-            format!(
-                "zonewise: {} keeps {ALB_TARGET_TYPE}: instance; ALB traffic then takes a \
-                 NodePort hop that can cross zones (ip avoids it)",
-                ctx.describe(ing)
-            ),
-        ),
-        Some(_) => {}
-    }
-    Ok(())
+    prefer_ip_targets(ing, ALB_TARGET_TYPE, (ALB_TARGET_TYPE, "ALB"), ctx, out)
 }
 
 /// `spec.ingressClassName`, or else the legacy annotation, names an ALB
@@ -66,6 +49,7 @@ mod tests {
     use super::*;
     use crate::lookups::{InMemory, Lookups};
     use crate::rules::test_support::*;
+    use serde_json::json;
 
     fn ingress(class: Option<&str>) -> Value {
         let mut v = json!({

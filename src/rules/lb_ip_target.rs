@@ -79,20 +79,7 @@ pub fn apply(svc: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(
         match target {
             // The deprecated `nlb-ip` type already means IP targets.
             None if legacy_ip => {}
-            None => {
-                out.patch
-                    .set(&["metadata", "annotations", NLB_TARGET_TYPE], json!("ip"))?;
-                warn_without_readiness_gate(ctx, out);
-            }
-            Some(v) if v.trim().eq_ignore_ascii_case("instance") => out.warn(
-                Priority::Normal,
-                format!(
-                    "zonewise: {} keeps nlb-target-type: instance; NLB traffic then takes a \
-                     NodePort hop that can cross zones (ip avoids it)",
-                    ctx.describe(svc)
-                ),
-            ),
-            Some(_) => {}
+            _ => prefer_ip_targets(svc, NLB_TARGET_TYPE, ("nlb-target-type", "NLB"), ctx, out)?,
         }
     }
 
@@ -120,6 +107,36 @@ pub fn apply(svc: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(
                     .set(&["metadata", "annotations", LB_ATTRIBUTES], json!(merged))?;
             }
         }
+    }
+    Ok(())
+}
+
+/// The target-type step the NLB and ALB rules share: `ip` when the owner
+/// chose nothing (with the readiness-gate check), a warning when they chose
+/// `instance`, silence for anything else. `shown` is how the warning names
+/// the annotation and the load balancer.
+pub fn prefer_ip_targets(
+    obj: &Value,
+    annotation: &str,
+    (shown, lb): (&str, &str),
+    ctx: &Context<'_>,
+    out: &mut Mutation<'_>,
+) -> Result<(), PatchError> {
+    match object::annotation(obj, annotation) {
+        None => {
+            out.patch
+                .set(&["metadata", "annotations", annotation], json!("ip"))?;
+            warn_without_readiness_gate(ctx, out);
+        }
+        Some(v) if v.trim().eq_ignore_ascii_case("instance") => out.warn(
+            Priority::Normal,
+            format!(
+                "zonewise: {} keeps {shown}: instance; {lb} traffic then takes a NodePort hop \
+                 that can cross zones (ip avoids it)",
+                ctx.describe(obj)
+            ),
+        ),
+        Some(_) => {}
     }
     Ok(())
 }

@@ -56,6 +56,16 @@ pub const ZONE_KEY: &str = "topology.kubernetes.io/zone";
 pub const LEGACY_ZONE_KEY: &str = "failure-domain.beta.kubernetes.io/zone";
 pub const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
 
+/// A Node's zone from its labels: the current label, else the deprecated
+/// one; an empty value is no zone.
+pub fn node_zone(labels: &BTreeMap<String, String>) -> Option<&str> {
+    labels
+        .get(ZONE_KEY)
+        .or_else(|| labels.get(LEGACY_ZONE_KEY))
+        .map(String::as_str)
+        .filter(|z| !z.is_empty())
+}
+
 // ------------------------------------------------------------ declarations
 
 /// A path of the object that a rule (or the pipeline) reads, and the type
