@@ -423,6 +423,9 @@ fn mutate_cmd(args: MutateArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
+    if let Some(note) = policy.version_note() {
+        eprintln!("zonewise: {note}");
+    }
     let read = if args.file == "-" {
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text).map(|_| text)

@@ -68,6 +68,7 @@ pub struct Metrics {
     pub denials: Family<RuleLabels, Counter>,
     pub warnings: Counter,
     pub routing_substitutions: Counter,
+    pub version_beyond_newest: Counter,
     pub bad_requests: Family<ReasonLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub tls_reloads: Family<ResultLabels, Counter>,
@@ -135,6 +136,7 @@ impl Default for Metrics {
             denials: Family::default(),
             warnings: Counter::default(),
             routing_substitutions: Counter::default(),
+            version_beyond_newest: Counter::default(),
             bad_requests: Family::default(),
             config_reloads: Family::default(),
             tls_reloads: Family::default(),
@@ -174,6 +176,11 @@ impl Default for Metrics {
             "routing_substitutions",
             "Services given a routing value other than the configured one, which their API server version would not accept",
             m.routing_substitutions.clone(),
+        );
+        registry.register(
+            "version_beyond_newest",
+            "Reviews for an API server newer than the newest Kubernetes version zonewise knows, answered as that version",
+            m.version_beyond_newest.clone(),
         );
         registry.register(
             "inflight_rejections",

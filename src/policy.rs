@@ -131,6 +131,18 @@ impl Policy {
         versions::recommended_routing(self.version)
     }
 
+    /// Said when the version is outside the supported range (newer ones
+    /// are answered as the newest known).
+    pub fn version_note(&self) -> Option<String> {
+        self.version.and_then(KubeVersion::support_note)
+    }
+
+    /// The API server is newer than the newest version zonewise knows.
+    pub fn version_beyond_newest(&self) -> bool {
+        self.version
+            .is_some_and(|v| v.support() == versions::Support::Newer)
+    }
+
     /// The version as messages name it: `Kubernetes 1.33`, or `this API
     /// server` when unknown.
     pub fn server_name(&self) -> String {
@@ -149,16 +161,7 @@ impl Policy {
                     VersionSource::Config => "kubernetesVersion",
                     VersionSource::Unknown => "unknown",
                 };
-                let support = if v.is_supported() {
-                    String::new()
-                } else {
-                    format!(
-                        " (outside the supported {}–{})",
-                        versions::OLDEST,
-                        versions::NEWEST
-                    )
-                };
-                format!("{v} (from {from}){support}")
+                format!("{v} (from {from})")
             }
             (None, _) => {
                 "unknown (no cluster access, no --kube-version or kubernetesVersion)".into()
@@ -166,6 +169,9 @@ impl Policy {
         };
         out.push_str("# effective:\n");
         out.push_str(&format!("#   kubernetes version: {version}\n"));
+        if let Some(note) = self.version_note() {
+            out.push_str(&format!("#   note: {note}\n"));
+        }
         out.push_str(&format!("#   zone-routing: {}\n", self.routing.mode));
         if let Some(note) = self.routing.note() {
             out.push_str(&format!("#   note: {note}\n"));
@@ -210,6 +216,9 @@ pub struct LivePolicy {
 impl LivePolicy {
     pub fn new(config: Config, env: Environment) -> LivePolicy {
         let policy = Policy::new(config.clone(), &env);
+        if let Some(note) = policy.version_note() {
+            warn!(%note, "Kubernetes version outside the supported range");
+        }
         if let Some(note) = policy.routing.note() {
             warn!(%note, "service.routing adjusted for the API server version");
         }
@@ -251,6 +260,12 @@ impl LivePolicy {
         change(&mut inputs);
         let policy = Arc::new(Policy::new(inputs.config.clone(), &inputs.env));
         let before = self.current.load();
+        // Logged once per change of version, not per review or reload.
+        if policy.version != before.version
+            && let Some(note) = policy.version_note()
+        {
+            warn!(%note, "Kubernetes version outside the supported range");
+        }
         // Logged once per change of what zonewise sends, not per review.
         if policy.routing != before.routing
             && let Some(note) = policy.routing.note()
@@ -334,7 +349,28 @@ mod tests {
         let d = Policy::new(c("service: {routing: PreferClose}"), &env(36)).describe();
         assert!(d.contains("deprecated on Kubernetes 1.36"), "{d}");
         let d = Policy::new(c("kubernetesVersion: \"1.27\""), &Environment::default()).describe();
-        assert!(d.contains("outside the supported 1.29–1.36"), "{d}");
+        assert!(
+            d.contains("1.27 is older than 1.29 and out of support"),
+            "{d}"
+        );
+        assert!(
+            d.contains("zone-routing: service.kubernetes.io/topology-mode: Auto"),
+            "{d}"
+        );
+        let d = Policy::new(c(""), &env(37)).describe();
+        assert!(!d.contains("note:") && !d.contains("support"), "{d}");
+        let p = Policy::new(c(""), &env(38));
+        assert!(p.version_beyond_newest());
+        let d = p.describe();
+        assert!(
+            d.contains("note: Kubernetes 1.38 is newer than 1.37, answered as 1.37"),
+            "{d}"
+        );
+        assert!(
+            d.contains("zone-routing: trafficDistribution: PreferSameZone"),
+            "{d}"
+        );
+        assert!(!Policy::new(c(""), &env(37)).version_beyond_newest());
     }
 
     /// A config reloader and a version tracker updating at once, many
@@ -366,7 +402,7 @@ mod tests {
                 b.wait();
                 let mut last = v(29);
                 for i in 0..100 {
-                    last = v(29 + ((round + i) % 8) as u32);
+                    last = v(29 + ((round + i) % 10) as u32);
                     l.set_server_version(last);
                 }
                 last

@@ -14,6 +14,16 @@
 //! - `matchLabelKeys` and `minDomains` in topology spread constraints are on
 //!   by default in every supported version (beta from 1.27, GA in 1.30 for
 //!   minDomains).
+//! - 1.37 changes none of what zonewise sets or reads (its changelog and
+//!   the release's list of breaking changes; KEP-3015 keeps `PreferClose`
+//!   as an alias, removing it is a non-goal; the IPVS proxy mode's
+//!   deprecation gate, KEP-5495, does not change routing by hints).
+//!
+//! A server newer than [`NEWEST`] is answered as [`NEWEST`]: Kubernetes
+//! keeps the values it accepts (a GA field value is never removed within
+//! v1), so the newest known answer stays valid, and the person running
+//! kubectl never sees a warning or rejection just because their cluster
+//! was upgraded before zonewise.
 
 use std::fmt;
 
@@ -53,8 +63,49 @@ impl KubeVersion {
     }
 
     pub fn is_supported(self) -> bool {
-        (OLDEST..=NEWEST).contains(&self)
+        self.support() == Support::Supported
     }
+
+    pub fn support(self) -> Support {
+        if self > NEWEST {
+            Support::Newer
+        } else if self < OLDEST {
+            Support::Older
+        } else {
+            Support::Supported
+        }
+    }
+
+    /// The version zonewise answers for: a newer server as the newest known.
+    pub fn effective(self) -> KubeVersion {
+        self.min(NEWEST)
+    }
+
+    /// A sentence for the log and `check-config` when the version is outside
+    /// the supported range; `None` inside it.
+    pub fn support_note(self) -> Option<String> {
+        match self.support() {
+            Support::Supported => None,
+            Support::Newer => Some(format!(
+                "Kubernetes {self} is newer than {NEWEST}, answered as {NEWEST}"
+            )),
+            Support::Older => Some(format!(
+                "Kubernetes {self} is older than {OLDEST} and out of support; zonewise answers \
+                 with conservative values (the topology-mode annotation instead of \
+                 trafficDistribution, no PreferSameZone or PreferSameNode)"
+            )),
+        }
+    }
+}
+
+/// Where a version stands against the supported range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    Supported,
+    /// Newer than [`NEWEST`]: answered as [`NEWEST`].
+    Newer,
+    /// Older than [`OLDEST`]: out of support, conservative values.
+    Older,
 }
 
 fn leading_number(s: &str) -> Option<u32> {
@@ -70,7 +121,7 @@ impl fmt::Display for KubeVersion {
 
 /// The supported range: EKS standard and extended support.
 pub const OLDEST: KubeVersion = KubeVersion::new(1, 29);
-pub const NEWEST: KubeVersion = KubeVersion::new(1, 36);
+pub const NEWEST: KubeVersion = KubeVersion::new(1, 37);
 
 /// What an API server of a given version accepts. `None` (version unknown)
 /// assumes the conservative answer where being wrong would break objects.
@@ -88,7 +139,7 @@ pub struct Features {
 
 impl Features {
     pub fn of(version: Option<KubeVersion>) -> Features {
-        match version {
+        match version.map(KubeVersion::effective) {
             Some(v) => Features {
                 traffic_distribution: v.at_least(31),
                 prefer_same_zone: v.at_least(34),
@@ -245,6 +296,7 @@ mod tests {
             (34, ZONE, CLOSE, ZONE),
             (35, ZONE, CLOSE, ZONE),
             (36, ZONE, CLOSE, ZONE),
+            (37, ZONE, CLOSE, ZONE),
         ];
         for (minor, auto, close, same_zone) in rows {
             let r = |c| resolve_routing(c, v(minor));
@@ -271,7 +323,55 @@ mod tests {
             assert!(KubeVersion::new(1, minor).is_supported());
         }
         assert!(!KubeVersion::new(1, 28).is_supported());
-        assert!(!KubeVersion::new(1, 37).is_supported());
+        assert!(!KubeVersion::new(1, 38).is_supported());
+    }
+
+    /// Newer than the newest known: every answer is the newest known
+    /// version's, said in a note; older: conservative values, said too.
+    #[test]
+    fn newer_and_older_than_the_supported_range() {
+        for newer in [
+            KubeVersion::new(1, 38),
+            KubeVersion::new(1, 45),
+            KubeVersion::new(2, 0),
+        ] {
+            assert_eq!(newer.support(), Support::Newer);
+            assert_eq!(newer.effective(), NEWEST);
+            assert_eq!(Features::of(Some(newer)), Features::of(Some(NEWEST)));
+            for c in [
+                Routing::Auto,
+                Routing::PreferClose,
+                Routing::PreferSameZone,
+                Routing::Annotation,
+            ] {
+                let (r, newest) = (
+                    resolve_routing(c, Some(newer)),
+                    resolve_routing(c, Some(NEWEST)),
+                );
+                assert_eq!(
+                    (r.mode, r.substituted, r.deprecated),
+                    (newest.mode, newest.substituted, newest.deprecated)
+                );
+            }
+            let note = newer.support_note().unwrap();
+            assert_eq!(
+                note,
+                format!("Kubernetes {newer} is newer than 1.37, answered as 1.37")
+            );
+        }
+        assert_eq!(KubeVersion::new(1, 37).support_note(), None);
+        let old = KubeVersion::new(1, 27);
+        assert_eq!(old.support(), Support::Older);
+        assert_eq!(old.effective(), old);
+        assert_eq!(
+            resolve_routing(Routing::Auto, Some(old)).mode,
+            RoutingMode::Annotation
+        );
+        let note = old.support_note().unwrap();
+        assert!(
+            note.contains("older than 1.29 and out of support") && note.contains("conservative"),
+            "{note}"
+        );
     }
 
     #[test]
@@ -285,6 +385,13 @@ mod tests {
         assert!(!r(Routing::PreferSameZone).substituted);
         assert!(!Features::of(None).prefer_same_node);
         let future = Some(KubeVersion::new(2, 0));
+        assert_eq!(
+            resolve_routing(Routing::PreferClose, future)
+                .note()
+                .unwrap(),
+            "service.routing: PreferClose is deprecated on Kubernetes 2.0 (the API server warns \
+             on every Service that sets it); PreferSameZone means the same without the warning"
+        );
         assert_eq!(
             resolve_routing(Routing::Auto, future).mode,
             RoutingMode::Field(PREFER_SAME_ZONE)

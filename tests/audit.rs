@@ -679,3 +679,37 @@ async fn an_api_server_that_dies_mid_list_or_is_not_there() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// An API server newer than the newest version zonewise knows is audited
+/// as that version: values it accepts, no error, and the summary says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_api_server_is_audited_as_the_newest_known() {
+    let fake = FakeApi::start("1", "38").await;
+    fake.apply("nodes", node("a1", Some("eu-west-1a"), READY));
+    fake.apply(
+        "namespaces",
+        namespace("shop", &[("zonewise.io/enabled", "true")]),
+    );
+    fake.apply(
+        "services",
+        service("shop", "orders", json!({"app": "orders"}), false),
+    );
+    let out = audit(&fake, &["-o", "json"]).await;
+    let report = json_report(&out);
+    assert_eq!(report["summary"]["serverVersion"], "1.38");
+    assert_eq!(
+        report["summary"]["versionNote"],
+        "Kubernetes 1.38 is newer than 1.37, answered as 1.37"
+    );
+    let routing = findings(&report, "orders", "zone-routing");
+    assert_eq!(routing.len(), 1);
+    assert_eq!(
+        routing[0]["patch"][0],
+        json!({"op": "add", "path": "/spec/trafficDistribution", "value": "PreferSameZone"})
+    );
+    assert!(
+        text(&out.stderr).contains("answered as 1.37"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -245,6 +245,8 @@ fn mutate_follows_the_kube_version() {
         (Some("1.33"), "PreferClose"),
         (Some("1.34"), "PreferSameZone"),
         (Some("v1.36.2"), "PreferSameZone"),
+        (Some("1.37"), "PreferSameZone"),
+        (Some("1.38"), "PreferSameZone"),
     ] {
         let shop = path("shop.yaml");
         let mut args = vec!["mutate", "-f", shop.as_str()];
@@ -255,6 +257,13 @@ fn mutate_follows_the_kube_version() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(routing_in(&out.stdout), want, "{version:?}");
         assert!(!text(&out.stderr).contains("not accepted"), "{version:?}");
+        // A newer server is answered as the newest known, said on stderr.
+        assert_eq!(
+            text(&out.stderr).contains("1.38 is newer than 1.37, answered as 1.37"),
+            version == Some("1.38"),
+            "{version:?}: {}",
+            text(&out.stderr)
+        );
     }
     // A configured value 1.33 rejects is replaced, with a warning.
     let dir = tempfile::tempdir().unwrap();
@@ -381,6 +390,19 @@ fn check_config_shows_the_policy_for_a_version() {
             None,
         ),
         ("off", "1.36", "zone-routing: off", None),
+        ("auto", "1.37", "trafficDistribution: PreferSameZone", None),
+        (
+            "auto",
+            "1.38",
+            "trafficDistribution: PreferSameZone",
+            Some("newer than 1.37, answered as 1.37"),
+        ),
+        (
+            "auto",
+            "1.27",
+            "service.kubernetes.io/topology-mode: Auto",
+            Some("older than 1.29 and out of support"),
+        ),
     ] {
         std::fs::write(&config, format!("service: {{routing: {routing}}}\n")).unwrap();
         let out = zonewise(
@@ -401,6 +423,7 @@ fn check_config_shows_the_policy_for_a_version() {
             "{shown}"
         );
         assert!(shown.contains(effective), "{routing} on {version}: {shown}");
+        assert!(!shown.contains("outside the supported"), "{shown}");
         match note {
             Some(n) => assert!(shown.contains(n), "{routing} on {version}: {shown}"),
             None => assert!(

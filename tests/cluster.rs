@@ -326,6 +326,9 @@ async fn every_supported_version_gets_values_it_accepts() {
         ("34", "PreferSameZone", "PreferSameZone", "PreferClose"),
         ("35+", "PreferSameZone", "PreferSameZone", "PreferClose"),
         ("36", "PreferSameZone", "PreferSameZone", "PreferClose"),
+        ("37", "PreferSameZone", "PreferSameZone", "PreferClose"),
+        // Newer than the newest known: answered as 1.37, no warning.
+        ("38", "PreferSameZone", "PreferSameZone", "PreferClose"),
     ];
     for (minor, auto, same_zone, close) in rows {
         let fake = FakeApi::start("1", minor).await;
@@ -369,6 +372,11 @@ async fn every_supported_version_gets_values_it_accepts() {
                 metric(&m, "zonewise_routing_substitutions_total") > 0.0,
                 substituted,
                 "1.{minor} {config:?}"
+            );
+            assert_eq!(
+                metric(&m, "zonewise_version_beyond_newest_total") > 0.0,
+                n > 37,
+                "1.{minor}"
             );
             // The Local denial offers what this server takes.
             let local = review(

@@ -237,6 +237,7 @@ async fn collect(
 ) -> Result<Report, AuditError> {
     let mut summary = Summary {
         server_version: version.to_string(),
+        version_note: version.support_note(),
         ..Summary::default()
     };
     // Namespaces: the scope, and which carry the readiness-gate label.

@@ -44,6 +44,10 @@ pub struct Finding {
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub server_version: String,
+    /// Said when the server is outside the supported range (a newer one is
+    /// answered as the newest known version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_note: Option<String>,
     pub scope: String,
     pub namespaces: usize,
     /// Objects reviewed, by kind.
@@ -180,7 +184,11 @@ impl Report {
             s.nodes_dropping_traffic,
             s.findings,
             s.routing,
-        )
+        ) + &s
+            .version_note
+            .as_ref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
     }
 
     /// Findings grouped by namespace, then the summary line.

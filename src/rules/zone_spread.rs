@@ -79,6 +79,13 @@ pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(),
     let Some(selector) = object::at(w, &["spec", "selector"]) else {
         return Ok(());
     };
+    let selector_keys = selector_keys(selector);
+    // An empty selector is one the API rejects on workloads, and whose
+    // meaning in a spread constraint Kubernetes has announced it will
+    // change (1.38): zonewise never writes a constraint that depends on it.
+    if selector_keys.is_empty() {
+        return Ok(());
+    }
     let existing = object::array_at(w, &CONSTRAINTS);
     let has_key = |keys: &[&str]| {
         existing.iter().any(|c| {
@@ -91,7 +98,6 @@ pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(),
     // The API server rejects a key that is both in matchLabelKeys and in the
     // labelSelector, so keys the workload already selects on are dropped;
     // and a key its pods never carry would match nothing.
-    let selector_keys = selector_keys(selector);
     let match_label_keys: Vec<&str> = cfg
         .match_label_keys
         .iter()
@@ -406,6 +412,34 @@ mod tests {
                        "matchLabelKeys": ["pod-template-hash"]}),
             ]
         );
+    }
+
+    /// Kubernetes 1.38 announced a change to what an empty `labelSelector`
+    /// in a spread constraint matches. zonewise writes only non-empty
+    /// copies of the workload's own selector, on every version, so its
+    /// constraints mean the same before and after.
+    #[test]
+    fn never_writes_an_empty_label_selector() {
+        for minor in [29, 33, 36, 37, 38] {
+            let cfg = format!("kubernetesVersion: \"1.{minor}\"");
+            for sel in [
+                json!({}),
+                json!({"matchLabels": {}}),
+                json!({"matchExpressions": []}),
+            ] {
+                let dep = with(deployment(), &["spec", "selector"], sel.clone());
+                let (out, ops) = run_cfg(&dep, &cfg);
+                assert_eq!(ops, 0, "1.{minor} {sel}: {out}");
+            }
+            let (out, _) = run_cfg(&deployment(), &cfg);
+            for c in constraints(&out) {
+                assert_eq!(
+                    c["labelSelector"],
+                    json!({"matchLabels": {"app": "web"}}),
+                    "1.{minor}"
+                );
+            }
+        }
     }
 
     #[test]

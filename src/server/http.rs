@@ -484,6 +484,9 @@ fn record(
             m.routing_substitutions.inc();
         }
     }
+    if policy.version_beyond_newest() {
+        m.version_beyond_newest.inc();
+    }
     if let Verdict::Denied { rule, .. } = &out.verdict {
         m.denials
             .get_or_create(&RuleLabels { rule: rule.name() })
