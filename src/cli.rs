@@ -203,6 +203,32 @@ pub struct AuditArgs {
     /// Objects per list request.
     #[arg(long, default_value_t = 500)]
     pub page_size: u32,
+    /// Monthly traffic by Service, for money in the cross-zone estimate:
+    /// CSV lines `namespace,service,gb_per_month`, or JSON lines with
+    /// those keys.
+    #[arg(long, value_name = "FILE")]
+    pub traffic: Option<PathBuf>,
+    /// Dollars per GB that crosses zones (AWS: $0.01 out plus $0.01 in).
+    #[arg(long, default_value_t = 0.02, value_parser = parse_price)]
+    pub price_per_gb: f64,
+    /// The table lists Services whose modeled cross-zone share today is
+    /// above this fraction.
+    #[arg(long, default_value_t = 0.1, value_parser = parse_fraction)]
+    pub cross_zone_threshold: f64,
+}
+
+fn parse_price(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|p| p.is_finite() && *p >= 0.0)
+        .ok_or_else(|| format!("{s:?} is not a price (a number, 0 or more)"))
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|f| (0.0..=1.0).contains(f))
+        .ok_or_else(|| format!("{s:?} is not a fraction between 0 and 1"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -536,7 +562,22 @@ fn audit_cmd(args: AuditArgs) -> ExitCode {
     } else {
         Scope::Only(args.namespaces.clone())
     };
+    let volumes = match &args.traffic {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => match audit::parse_volumes(&text) {
+                Ok(v) => Some(v),
+                Err(e) => return fail(format!("--traffic {}: {e}", path.display())),
+            },
+            Err(e) => return fail(format!("--traffic {}: {e}", path.display())),
+        },
+        None => None,
+    };
     let opts = AuditOptions {
+        traffic: audit::TrafficOptions {
+            volumes,
+            price_per_gb: args.price_per_gb,
+            threshold: args.cross_zone_threshold,
+        },
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
         scope,

@@ -425,6 +425,10 @@ async fn yaml_output_is_the_patched_objects_ready_for_git() {
         report["summary"]["wouldChange"].as_u64().unwrap() as usize
     );
     for doc in &docs {
+        // List items come without their type; every manifest has it back,
+        // first, as kubectl expects.
+        let keys: Vec<&String> = doc.as_object().unwrap().keys().take(2).collect();
+        assert_eq!(keys, ["apiVersion", "kind"], "{doc}");
         let (kind, ns, name) = (
             doc["kind"].as_str().unwrap(),
             doc["metadata"]["namespace"].as_str().unwrap(),
@@ -468,6 +472,21 @@ async fn yaml_output_is_the_patched_objects_ready_for_git() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("audit.yaml");
     std::fs::write(&file, &out.stdout).unwrap();
+    // Git-ready: kustomize, as kubectl runs it, takes every manifest
+    // (it refuses one without apiVersion or kind).
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "resources: [audit.yaml]\n",
+    )
+    .unwrap();
+    let rendered = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir.path())
+        .output()
+        .expect("kubectl (see .ci/run)");
+    assert!(rendered.status.success(), "{}", text(&rendered.stderr));
+    let back: Vec<Value> = serde_saphyr::from_multiple(&text(&rendered.stdout)).unwrap();
+    assert_eq!(back.iter().filter(|d| !d.is_null()).count(), docs.len());
     let again = Command::new(env!("CARGO_BIN_EXE_zonewise"))
         .args(["mutate", "--kube-version", "1.34", "-o", "patch", "-f"])
         .arg(&file)
@@ -489,7 +508,7 @@ async fn table_and_patch_outputs() {
     let shop = table.find("NAMESPACE shop").unwrap();
     assert!(billing < shop, "grouped by namespace, in order:\n{table}");
     assert!(table.contains("  KIND "), "{table}");
-    let summary = table.lines().last().unwrap();
+    let summary = table.lines().find(|l| l.contains("objects read")).unwrap();
     assert!(
         summary.contains("12 objects read (3 Deployments, 1 Ingress, 7 Services, 1 StatefulSet)"),
         "{summary}"
@@ -502,6 +521,16 @@ async fn table_and_patch_outputs() {
         summary.contains("1 zone(s) uncovered") && summary.contains("3 node(s) dropping traffic"),
         "{summary}"
     );
+    // The estimate's line comes last; orders (no routing, no endpoint in
+    // zone c) is the one Service above the threshold.
+    assert_eq!(
+        table.lines().last().unwrap(),
+        "6 Services; modeled cross-zone share of requests: 22.8% today \u{2192} 17.8% after \
+         routing \u{2192} 17.8% after rollout"
+    );
+    let block = &table[table.find("CROSS-ZONE TRAFFIC").unwrap()..];
+    assert!(block.contains("  orders "), "{block}");
+    assert!(!block.contains("  api "), "{block}");
     assert!(
         text(&out.stderr).is_empty(),
         "no progress bar when stderr is not a terminal: {}",
@@ -712,4 +741,277 @@ async fn a_newer_api_server_is_audited_as_the_newest_known() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Three zones of two Ready nodes each (equal CPU), one namespace: a
+/// Service of each situation the estimate distinguishes.
+async fn three_zone_cluster() -> FakeApi {
+    let fake = FakeApi::start("1", "34").await;
+    for (name, zone) in [
+        ("a1", "eu-west-1a"),
+        ("a2", "eu-west-1a"),
+        ("b1", "eu-west-1b"),
+        ("b2", "eu-west-1b"),
+        ("c1", "eu-west-1c"),
+        ("c2", "eu-west-1c"),
+    ] {
+        fake.apply("nodes", node(name, Some(zone), READY));
+    }
+    for ns in ["shop", "kube-system"] {
+        fake.apply(
+            "namespaces",
+            namespace(ns, &[("zonewise.io/enabled", "true")]),
+        );
+    }
+    let zone = |node: &str| format!("eu-west-1{}", &node[..1]);
+    let add = |ns: &str, name: &str, extra: Value, on: &[&str], hints: bool| {
+        let mut s = service(ns, name, json!({"app": name}), false);
+        merge(&mut s, extra);
+        fake.apply("services", s);
+        let zones: Vec<String> = on.iter().map(|n| zone(n)).collect();
+        let eps: Vec<(&str, &str, bool)> = on
+            .iter()
+            .zip(&zones)
+            .map(|(n, z)| (*n, z.as_str(), READY))
+            .collect();
+        fake.apply("endpointslices", endpoint_slice(ns, name, 0, &eps, hints));
+    };
+    // One endpoint per zone, no setting: 2/3 today, 0 once routed.
+    add("shop", "orders", json!({}), &["a1", "b1", "c1"], false);
+    fake.apply("deployments", deployment("shop", "orders", 3));
+    // 2/1/0: zone c's clients cross even when routed, until a rollout
+    // re-spreads the three replicas.
+    add("shop", "payments", json!({}), &["a1", "a2", "b1"], false);
+    fake.apply("deployments", deployment("shop", "payments", 3));
+    // Called by storefront only, whose pods all run in zone a.
+    add("shop", "ledger", json!({}), &["a1", "b1", "c1"], false);
+    add("shop", "storefront", json!({}), &["a1", "a2"], false);
+    let mut storefront = deployment("shop", "storefront", 2);
+    storefront["metadata"]["annotations"] = json!({"zonewise.io/calls": "ledger"});
+    fake.apply("deployments", storefront);
+    // Already hinted by the controller: stays in zone.
+    add(
+        "shop",
+        "hinted",
+        json!({"metadata": {"annotations": {"service.kubernetes.io/topology-mode": "Auto"}}}),
+        &["a1", "b1", "c1"],
+        true,
+    );
+    // Local, allowed by its owner, on one node of six: never crosses,
+    // drops what the other five nodes send.
+    add(
+        "shop",
+        "cache",
+        json!({"metadata": {"annotations": {"zonewise.io/allow-local": "node cache"}},
+               "spec": {"internalTrafficPolicy": "Local"}}),
+        &["a1"],
+        false,
+    );
+    // Not counted: skipped by its owner, or in an excluded namespace.
+    add(
+        "shop",
+        "skipped",
+        json!({"metadata": {"annotations": {"zonewise.io/skip": "true"}}}),
+        &["a1"],
+        false,
+    );
+    add("kube-system", "dns", json!({}), &["a1"], false);
+    fake
+}
+
+fn service_entry<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {}", report["services"]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_zone_estimate_per_service_and_in_money() {
+    let fake = three_zone_cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let volumes = dir.path().join("traffic.csv");
+    std::fs::write(
+        &volumes,
+        "namespace,service,gb_per_month\n\
+         # from Hubble, last 30 days\n\
+         shop,orders,1000\n\
+         shop, payments , 500\n\
+         {\"namespace\": \"shop\", \"service\": \"ledger\", \"gb_per_month\": 100}\n\
+         shop,gone,5\n",
+    )
+    .unwrap();
+    let report = json_report(
+        &audit(
+            &fake,
+            &["-o", "json", "--traffic", volumes.to_str().unwrap()],
+        )
+        .await,
+    );
+    let names: Vec<&str> = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "cache",
+            "hinted",
+            "ledger",
+            "orders",
+            "payments",
+            "storefront"
+        ],
+        "skipped and excluded Services are not counted"
+    );
+    let figures = |name: &str| {
+        let c = &service_entry(&report, name)["crossZone"];
+        (
+            c["today"].as_f64().unwrap(),
+            c["afterRouting"].as_f64().unwrap(),
+            c["afterRollout"].as_f64().unwrap(),
+        )
+    };
+    assert_eq!(figures("orders"), (0.667, 0.0, 0.0));
+    assert_eq!(figures("payments"), (0.667, 0.333, 0.0));
+    assert_eq!(figures("ledger"), (0.667, 0.0, 0.0));
+    assert_eq!(service_entry(&report, "ledger")["clients"], "callers");
+    assert_eq!(service_entry(&report, "orders")["clients"], "nodes");
+    // Two of three zones get storefront's two pods after a rollout.
+    assert_eq!(figures("storefront"), (0.667, 0.667, 0.333));
+    assert_eq!(figures("hinted"), (0.0, 0.0, 0.0));
+    assert_eq!(figures("cache"), (0.0, 0.0, 0.0));
+    let cache = service_entry(&report, "cache");
+    assert_eq!(cache["routing"], "Local");
+    assert_eq!(cache["dropped"]["today"], 0.833);
+    assert_eq!(
+        service_entry(&report, "hinted")["routing"],
+        "topology-mode: Auto"
+    );
+    assert_eq!(service_entry(&report, "orders")["routing"], "none");
+    // Money: cross-zone GB times the price, per Service and in all.
+    let orders = service_entry(&report, "orders");
+    assert_eq!(orders["trafficGbPerMonth"], 1000.0);
+    assert_eq!(
+        orders["gbPerMonth"],
+        json!({"today": 666.67, "afterRouting": 0.0, "afterRollout": 0.0})
+    );
+    assert_eq!(
+        orders["costPerMonth"],
+        json!({"today": 13.33, "afterRouting": 0.0, "afterRollout": 0.0})
+    );
+    assert!(
+        service_entry(&report, "hinted")
+            .get("costPerMonth")
+            .is_none()
+    );
+    let s = &report["summary"]["crossZone"];
+    assert_eq!(s["services"], 6);
+    assert_eq!(s["weightedBy"], "gbPerMonth");
+    // (1000 + 500 + 100) x 2/3 today; 500 x 1/3 after routing; 0 after.
+    assert_eq!(
+        (&s["today"], &s["afterRouting"], &s["afterRollout"]),
+        (&json!(0.667), &json!(0.104), &json!(0.0))
+    );
+    assert_eq!(s["trafficGbPerMonth"], 1600.0);
+    assert_eq!(
+        s["costPerMonth"],
+        json!({"today": 21.33, "afterRouting": 3.33, "afterRollout": 0.0})
+    );
+    assert_eq!(s["trafficUnmatched"], 1);
+
+    // Without volumes: plain means over the six Services, no money.
+    let plain = json_report(&audit(&fake, &["-o", "json"]).await);
+    let s = &plain["summary"]["crossZone"];
+    assert_eq!(s["weightedBy"], "services");
+    assert!(s.get("costPerMonth").is_none());
+    assert_eq!(s["today"], 0.444, "(4 x 2/3) / 6");
+    assert!(service_entry(&plain, "orders").get("gbPerMonth").is_none());
+    // A higher price scales the money.
+    let pricier = json_report(
+        &audit(
+            &fake,
+            &[
+                "-o",
+                "json",
+                "--traffic",
+                volumes.to_str().unwrap(),
+                "--price-per-gb",
+                "0.04",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        service_entry(&pricier, "orders")["costPerMonth"]["today"],
+        26.67
+    );
+
+    // The table: Services above the threshold, highest first, and the
+    // summary line with money.
+    let out = audit(&fake, &["--traffic", volumes.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let block = &table[table.find("CROSS-ZONE TRAFFIC").unwrap()..];
+    for name in ["orders", "payments", "ledger", "storefront"] {
+        assert!(block.contains(&format!("  {name} ")), "{name}: {block}");
+    }
+    assert!(
+        !block.contains("hinted") && !block.contains("cache"),
+        "{block}"
+    );
+    assert!(block.contains("$13.33 → $0.00"), "{block}");
+    let last = table.lines().last().unwrap();
+    assert_eq!(
+        last,
+        "6 Services; modeled cross-zone share of requests: 66.7% today \u{2192} 10.4% after \
+         routing \u{2192} 0.0% after rollout (weighted by traffic); cross-zone 1067 \u{2192} 167 \
+         \u{2192} 0 GB/month, $21.33 \u{2192} $3.33 \u{2192} $0.00 per month (of 1600 GB/month, \
+         at $0.02/GB); 1 --traffic line(s) name no modeled Service"
+    );
+    let out = audit(&fake, &["--cross-zone-threshold", "0.9"]).await;
+    assert!(!text(&out.stdout).contains("CROSS-ZONE TRAFFIC"));
+
+    // Bad volumes: a clear error naming the line, exit 2, no report.
+    for (content, says) in [
+        (
+            "shop,orders,1000\nshop,orders\n",
+            "line 2: expected namespace,service,gb_per_month, got 2 field(s)",
+        ),
+        (
+            "shop,orders,lots\n",
+            "line 1: \"lots\" is not a number of GB",
+        ),
+        (
+            "shop,orders,-3\n",
+            "line 1: gb_per_month must be a number of GB, 0 or more",
+        ),
+        ("\n{\"namespace\": \"shop\"}\n", "line 2: missing field"),
+        (
+            "shop,orders,1\nshop,orders,2\n",
+            "line 2: shop/orders is already on line 1",
+        ),
+        (
+            "Shop!,orders,1\n",
+            "line 1: \"Shop!\"/\"orders\" is not a namespace and Service name",
+        ),
+    ] {
+        std::fs::write(&volumes, content).unwrap();
+        let out = audit(&fake, &["--traffic", volumes.to_str().unwrap()]).await;
+        assert_eq!(out.status.code(), Some(2), "{content:?}");
+        assert!(out.stdout.is_empty(), "{content:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("--traffic") && err.contains(says),
+            "{content:?}: {err}"
+        );
+    }
+    for bad in [["--price-per-gb", "-1"], ["--cross-zone-threshold", "2"]] {
+        let out = audit(&fake, &bad).await;
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
 }

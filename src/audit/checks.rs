@@ -34,6 +34,31 @@ pub struct Nodes {
     /// Ready nodes by zone (`None`: no zone label).
     ready: BTreeMap<Option<String>, BTreeSet<String>>,
     pub total: usize,
+    /// The traffic model's view: zones and nodes by small ids.
+    pub(super) zone_ids: HashMap<String, ZoneId>,
+    pub(super) zone_names: Vec<String>,
+    pub(super) node_ids: HashMap<String, NodeId>,
+    /// Per node id: zone, Ready, allocatable CPU in millicores.
+    pub(super) node_facts: Vec<(Option<ZoneId>, bool, u64)>,
+}
+
+/// A zone some Node is in, by index; [`OTHER_ZONE`] for a zone no Node is
+/// in (no client is there, so it is never the same zone as a client's).
+pub type ZoneId = u16;
+pub const OTHER_ZONE: ZoneId = ZoneId::MAX;
+pub type NodeId = u32;
+
+/// One ready endpoint, as the traffic model needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ep {
+    /// `None`: the endpoint has no zone (and its node none either).
+    pub zone: Option<ZoneId>,
+    pub node: Option<NodeId>,
+    /// The zones its `hints.forZones` name.
+    pub zone_hints: Vec<ZoneId>,
+    /// Hinted for its own node (`hints.forNodes`; the controller only ever
+    /// hints an endpoint's own node).
+    pub node_hint: bool,
 }
 
 /// The fields of a Node the checks read.
@@ -57,6 +82,21 @@ pub struct Meta {
 struct NodeStatus {
     #[serde(default)]
     conditions: Vec<Condition>,
+    #[serde(default)]
+    allocatable: BTreeMap<String, String>,
+    #[serde(default)]
+    capacity: BTreeMap<String, String>,
+}
+
+/// A CPU quantity (`4`, `3920m`, `2.5`) in millicores; `None` when it is
+/// not one (the model then counts the node as one CPU).
+fn cpu_millis(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let millis = match q.strip_suffix('m') {
+        Some(m) => m.parse::<f64>().ok()?,
+        None => q.parse::<f64>().ok()? * 1000.0,
+    };
+    (millis.is_finite() && millis >= 0.0).then_some(millis as u64)
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,11 +110,24 @@ impl Nodes {
     pub fn add(&mut self, node: NodeItem) {
         self.total += 1;
         let zone = crate::rules::node_zone(&node.metadata.labels).map(str::to_string);
-        let ready = node.status.is_some_and(|s| {
+        let ready = node.status.as_ref().is_some_and(|s| {
             s.conditions
                 .iter()
                 .any(|c| c.kind == "Ready" && c.status == "True")
         });
+        // The EndpointSlice controller weighs zones by allocatable CPU.
+        let cpu = node
+            .status
+            .as_ref()
+            .and_then(|s| s.allocatable.get("cpu").or_else(|| s.capacity.get("cpu")))
+            .and_then(|q| cpu_millis(q))
+            .unwrap_or(1000);
+        let zone_id = zone.as_ref().map(|z| self.intern_zone(z));
+        if !self.node_ids.contains_key(&node.metadata.name) {
+            let id = self.node_facts.len() as NodeId;
+            self.node_ids.insert(node.metadata.name.clone(), id);
+            self.node_facts.push((zone_id, ready, cpu));
+        }
         if let Some(z) = &zone {
             self.zone_of.insert(node.metadata.name.clone(), z.clone());
         }
@@ -84,6 +137,37 @@ impl Nodes {
                 .or_default()
                 .insert(node.metadata.name);
         }
+    }
+
+    fn intern_zone(&mut self, zone: &str) -> ZoneId {
+        if let Some(id) = self.zone_ids.get(zone) {
+            return *id;
+        }
+        // Zones beyond the id space (never in practice) count as OTHER.
+        let Ok(id) = ZoneId::try_from(self.zone_names.len()) else {
+            return OTHER_ZONE;
+        };
+        if id == OTHER_ZONE {
+            return OTHER_ZONE;
+        }
+        self.zone_ids.insert(zone.to_string(), id);
+        self.zone_names.push(zone.to_string());
+        id
+    }
+
+    /// A zone's id: [`OTHER_ZONE`] when no Node is in it.
+    pub fn zone_id(&self, zone: &str) -> ZoneId {
+        self.zone_ids.get(zone).copied().unwrap_or(OTHER_ZONE)
+    }
+
+    pub fn zone_name(&self, id: ZoneId) -> &str {
+        self.zone_names
+            .get(usize::from(id))
+            .map_or("(no node)", String::as_str)
+    }
+
+    pub fn node_id(&self, name: &str) -> Option<NodeId> {
+        self.node_ids.get(name).copied()
     }
 
     /// Zones that have Ready nodes.
@@ -117,6 +201,8 @@ pub struct Endpoints {
     pub ready_unzoned: usize,
     pub ready_nodes: BTreeSet<String>,
     pub with_hints: usize,
+    /// Every ready endpoint, for the traffic model.
+    pub list: Vec<Ep>,
 }
 
 impl Endpoints {
@@ -143,7 +229,21 @@ struct EndpointItem {
     #[serde(default)]
     zone: Option<String>,
     #[serde(default)]
-    hints: Option<serde_json::Value>,
+    hints: Option<Hints>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Hints {
+    #[serde(default)]
+    for_zones: Vec<Named>,
+    #[serde(default)]
+    for_nodes: Vec<Named>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Named {
+    name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,13 +263,28 @@ impl Endpoints {
             if e.conditions.and_then(|c| c.ready) == Some(false) {
                 continue;
             }
-            if e.hints.as_ref().is_some_and(|h| !h.is_null()) {
+            let hints = e.hints.unwrap_or_default();
+            if !hints.for_zones.is_empty() || !hints.for_nodes.is_empty() {
                 self.with_hints += 1;
             }
             let zone = e.zone.or_else(|| {
                 e.node_name
                     .as_ref()
                     .and_then(|n| nodes.zone_of.get(n).cloned())
+            });
+            let node = e.node_name.as_deref().and_then(|n| nodes.node_id(n));
+            self.list.push(Ep {
+                zone: zone.as_deref().map(|z| nodes.zone_id(z)),
+                node,
+                zone_hints: hints
+                    .for_zones
+                    .iter()
+                    .map(|z| nodes.zone_id(&z.name))
+                    .collect(),
+                node_hint: hints
+                    .for_nodes
+                    .iter()
+                    .any(|n| Some(n.name.as_str()) == e.node_name.as_deref()),
             });
             match zone {
                 Some(z) => *self.ready_by_zone.entry(z).or_default() += 1,

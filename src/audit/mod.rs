@@ -17,6 +17,7 @@
 pub mod checks;
 pub mod list;
 pub mod report;
+pub mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -30,10 +31,10 @@ use crate::lookups::{DaemonSetFacts, InMemory, Lookup, Lookups, ServiceFacts};
 use crate::object;
 use crate::policy::{Environment, Policy};
 use crate::review::{self, Endpoint, Only};
-use crate::rules::{self, READINESS_GATE_LABEL, TOPOLOGY_HINTS, TOPOLOGY_MODE};
+use crate::rules::{self, READINESS_GATE_LABEL};
 use checks::{Endpoints, Nodes, Routing, ServiceInfo};
 use list::{ListError, Lister};
-pub use report::{Finding, Report, Summary};
+pub use report::{Finding, Report, Summary, TrafficOptions, parse_volumes};
 
 /// The label that opts a namespace in.
 pub const ENABLED_LABEL: &str = "zonewise.io/enabled";
@@ -61,6 +62,9 @@ pub struct AuditOptions {
     pub keep_manifests: bool,
     /// Show a progress bar on stderr when it is a terminal.
     pub progress: bool,
+    /// Monthly volumes by Service and the price per cross-zone GB, for
+    /// money in the traffic estimate.
+    pub traffic: report::TrafficOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,18 +215,13 @@ pub fn audit_object(
 }
 
 /// The zone-routing state of a Service as it is, and once zonewise's
-/// `zone-routing` has acted on it.
+/// `zone-routing` has acted on it, read the one way the traffic model
+/// reads it.
 fn routing_of(svc: &Value, after: Option<&Value>) -> (Routing, Routing) {
-    let state = |s: &Value| {
-        let mode = object::annotation(s, TOPOLOGY_MODE)
-            .or_else(|| object::annotation(s, TOPOLOGY_HINTS))
-            .is_some_and(|m| m.eq_ignore_ascii_case("auto"));
-        match object::str_at(s, &["spec", "trafficDistribution"]) {
-            // The annotation takes precedence in the EndpointSlice controller.
-            _ if mode => Routing::Hints,
-            Some("PreferClose" | "PreferSameZone") => Routing::Distribution,
-            _ => Routing::None,
-        }
+    let state = |s: &Value| match traffic::Mode::of(s) {
+        traffic::Mode::Hints => Routing::Hints,
+        traffic::Mode::SameZone | traffic::Mode::SameNode => Routing::Distribution,
+        traffic::Mode::Cluster | traffic::Mode::Local => Routing::None,
     };
     let now = state(svc);
     (now, after.map_or(now, state))
@@ -329,6 +328,7 @@ async fn collect(
     // and namespace labels only, which are all in by now.
     let mut services: HashMap<(String, String), ServiceInfo> = HashMap::new();
     let mut service_facts: Vec<(ObjectRef, ServiceFacts)> = Vec::new();
+    let mut inventory = traffic::Inventory::default();
     for ns in &namespaces {
         lister
             .each(&list::SERVICES, ns.as_deref(), None, |raw| {
@@ -342,7 +342,27 @@ async fn collect(
                     return Ok(());
                 }
                 let (findings, after) = audit_object(Kind::Service, &svc, &policy, &lookups);
-                if !review::skips_everything(&svc) && !policy.excluded.contains(&r.namespace) {
+                let counted =
+                    !review::skips_everything(&svc) && !policy.excluded.contains(&r.namespace);
+                let proxied = rules::has_selector(&svc)
+                    && !rules::is_headless(&svc)
+                    && rules::service_type(&svc) != "ExternalName";
+                let selector: Vec<(String, String)> = rules::service_selector(&svc)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                if !selector.is_empty() {
+                    inventory.services.push(traffic::ServiceFacts {
+                        namespace: r.namespace.clone(),
+                        name: r.name.clone(),
+                        selector,
+                        counted: counted && proxied,
+                        routing: traffic::Mode::label(&svc),
+                        today: traffic::Mode::of(&svc),
+                        after: traffic::Mode::of(after.as_ref().unwrap_or(&svc)),
+                    });
+                }
+                if counted {
                     let (routing, routing_after) = routing_of(&svc, after.as_ref());
                     services.insert(
                         (r.namespace.clone(), r.name.clone()),
@@ -352,9 +372,7 @@ async fn collect(
                             routing,
                             routing_after,
                             local: rules::is_local(&svc),
-                            proxied: rules::has_selector(&svc)
-                                && !rules::is_headless(&svc)
-                                && rules::service_type(&svc) != "ExternalName",
+                            proxied,
                         },
                     );
                 }
@@ -368,6 +386,11 @@ async fn collect(
     lookups.known.replace_services(None, service_facts);
 
     // EndpointSlices of the Services in scope.
+    let wanted: std::collections::HashSet<(String, String)> = inventory
+        .services
+        .iter()
+        .map(|s| (s.namespace.clone(), s.name.clone()))
+        .collect();
     let mut endpoints: HashMap<(String, String), Endpoints> = HashMap::new();
     for ns in &namespaces {
         lister
@@ -383,7 +406,7 @@ async fn collect(
                     return Ok(());
                 };
                 let key = (ns, svc);
-                if services.contains_key(&key) {
+                if services.contains_key(&key) || wanted.contains(&key) {
                     endpoints.entry(key).or_default().add(slice, &nodes);
                 }
                 Ok(())
@@ -422,6 +445,7 @@ async fn collect(
     report.summary.nodes_dropping_traffic = dropping.len();
 
     // Workloads and Ingresses, with every lookup in place.
+    let ready_zones: BTreeSet<String> = nodes.ready_zones().into_iter().map(String::from).collect();
     for (res, kind) in [
         (list::DEPLOYMENTS, Kind::Deployment),
         (list::STATEFULSETS, Kind::StatefulSet),
@@ -435,6 +459,18 @@ async fn collect(
                         return Ok(());
                     }
                     let (findings, after) = audit_object(kind, &obj, &policy, &lookups);
+                    if kind != Kind::Ingress {
+                        let spread = findings
+                            .iter()
+                            .any(|f| f.rule == Rule::ZoneSpread && f.patch.is_some());
+                        inventory.workloads.push(workload_facts(
+                            &obj,
+                            spread,
+                            &ready_zones,
+                            &nodes,
+                            &policy,
+                        ));
+                    }
                     if let Err(e) = report.add_object(kind, &obj, findings, after) {
                         write_error.get_or_insert(e);
                     }
@@ -443,6 +479,11 @@ async fn collect(
                 .await?;
         }
     }
+    // How much traffic leaves its zone, now every input is in.
+    let eps: HashMap<(String, String), Vec<checks::Ep>> =
+        endpoints.into_iter().map(|(k, e)| (k, e.list)).collect();
+    let (estimates, without_endpoints) = inventory.estimate(&nodes, &eps);
+    report.set_traffic(estimates, without_endpoints, &opts.traffic);
     if let Some(e) = write_error {
         return Err(AuditError::Setup(format!("cannot keep the report: {e}")));
     }
@@ -499,6 +540,43 @@ struct Item {
 /// An item of a list, as `T`; an item that does not parse fails the list.
 fn parse<T: serde::de::DeserializeOwned>(raw: &serde_json::value::RawValue) -> Result<T, String> {
     serde_json::from_str(raw.get()).map_err(|e| format!("unreadable item: {e}"))
+}
+
+/// What the traffic model needs of a Deployment or StatefulSet.
+fn workload_facts(
+    obj: &Value,
+    spread: bool,
+    ready_zones: &BTreeSet<String>,
+    nodes: &Nodes,
+    policy: &Policy,
+) -> traffic::WorkloadFacts {
+    use crate::rules::zone_spread::{Zones, allowed_zones};
+    let namespace = object::str_at(obj, &["metadata", "namespace"])
+        .unwrap_or("")
+        .to_string();
+    let respread = spread.then(|| {
+        let allowed = allowed_zones(obj);
+        ready_zones
+            .iter()
+            .filter(|z| match &allowed {
+                Zones::Any => true,
+                Zones::Only(only) => only.contains(*z),
+                Zones::Except(except) => !except.contains(*z),
+                Zones::None => false,
+            })
+            .map(|z| nodes.zone_id(z))
+            .collect()
+    });
+    let (callees, _) =
+        crate::rules::call_affinity::declared_callees(obj, &namespace, policy, |_| {});
+    traffic::WorkloadFacts {
+        labels: object::string_map(obj, &["spec", "template", "metadata", "labels"])
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        respread,
+        callees: callees.into_iter().map(|r| (r.namespace, r.name)).collect(),
+        namespace,
+    }
 }
 
 fn service_facts_of(svc: &Value) -> ServiceFacts {
@@ -619,7 +697,8 @@ mod tests {
             routing_of(&routed, None),
             (Routing::Distribution, Routing::Distribution)
         );
-        let hinted = crate::rules::test_support::annotated(service(), TOPOLOGY_MODE, "Auto");
+        let hinted =
+            crate::rules::test_support::annotated(service(), crate::rules::TOPOLOGY_MODE, "Auto");
         assert_eq!(routing_of(&hinted, None).0, Routing::Hints);
         assert_eq!(
             routing_of(&service(), Some(&routed)),

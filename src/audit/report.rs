@@ -9,7 +9,7 @@
 //! made, copied to stdout only once every list has succeeded (a failed
 //! audit prints nothing).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Write};
 
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::RuleFinding;
+use super::traffic::{Estimate, Share};
 use crate::admission::Kind;
 use crate::object;
 
@@ -68,12 +69,189 @@ pub struct Summary {
     pub zones: Vec<String>,
     /// What zone-routing sets on this server.
     pub routing: String,
+    /// The modeled cross-zone share of requests, over every Service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_zone: Option<CrossZoneSummary>,
+}
+
+/// Options for the traffic estimate's money and table.
+#[derive(Debug, Clone)]
+pub struct TrafficOptions {
+    /// GB per month by (namespace, Service), from `--traffic`.
+    pub volumes: Option<HashMap<(String, String), f64>>,
+    /// Dollars per cross-zone GB (out and in together).
+    pub price_per_gb: f64,
+    /// The table lists Services whose share today is above this.
+    pub threshold: f64,
+}
+
+impl Default for TrafficOptions {
+    fn default() -> Self {
+        TrafficOptions {
+            volumes: None,
+            price_per_gb: 0.02,
+            threshold: 0.1,
+        }
+    }
+}
+
+/// Reads `--traffic`: one Service a line, as CSV `namespace,service,gb_per_month`
+/// (a header line of those names is allowed first) or as a JSON object
+/// `{"namespace": .., "service": .., "gb_per_month": ..}`; blank lines and
+/// `#` comments are skipped. An error names the line.
+pub fn parse_volumes(text: &str) -> Result<HashMap<(String, String), f64>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        namespace: String,
+        service: String,
+        gb_per_month: f64,
+    }
+    let mut out: HashMap<(String, String), (f64, usize)> = HashMap::new();
+    let mut first = true;
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let header = std::mem::replace(&mut first, false)
+            && line.replace(' ', "") == "namespace,service,gb_per_month";
+        if header {
+            continue;
+        }
+        let entry = if line.starts_with('{') {
+            serde_json::from_str::<Line>(line).map_err(|e| format!("line {n}: {e}"))?
+        } else {
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            let [namespace, service, gb] = fields[..] else {
+                return Err(format!(
+                    "line {n}: expected namespace,service,gb_per_month, got {} field(s)",
+                    fields.len()
+                ));
+            };
+            Line {
+                namespace: namespace.to_string(),
+                service: service.to_string(),
+                gb_per_month: gb
+                    .parse()
+                    .map_err(|_| format!("line {n}: {gb:?} is not a number of GB"))?,
+            }
+        };
+        if !crate::names::is_dns1123_label(&entry.namespace)
+            || !crate::names::is_dns1035_label(&entry.service)
+        {
+            return Err(format!(
+                "line {n}: {:?}/{:?} is not a namespace and Service name",
+                entry.namespace, entry.service
+            ));
+        }
+        if !entry.gb_per_month.is_finite() || entry.gb_per_month < 0.0 {
+            return Err(format!(
+                "line {n}: gb_per_month must be a number of GB, 0 or more"
+            ));
+        }
+        let key = (entry.namespace, entry.service);
+        if let Some((_, earlier)) = out.get(&key) {
+            return Err(format!(
+                "line {n}: {}/{} is already on line {earlier}",
+                key.0, key.1
+            ));
+        }
+        out.insert(key, (entry.gb_per_month, n));
+    }
+    Ok(out.into_iter().map(|(k, (gb, _))| (k, gb)).collect())
+}
+
+/// The three figures of the estimate: as things are, once zonewise's
+/// routing is set, and once workloads are re-spread over zones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Figures {
+    pub today: f64,
+    pub after_routing: f64,
+    pub after_rollout: f64,
+}
+
+impl Figures {
+    fn map(self, f: impl Fn(f64) -> f64) -> Figures {
+        Figures {
+            today: f(self.today),
+            after_routing: f(self.after_routing),
+            after_rollout: f(self.after_rollout),
+        }
+    }
+
+    fn of(e: &Estimate, part: impl Fn(&Share) -> f64) -> Figures {
+        Figures {
+            today: part(&e.today),
+            after_routing: part(&e.after_routing),
+            after_rollout: part(&e.after_rollout),
+        }
+    }
+}
+
+fn round_to(x: f64, decimals: i32) -> f64 {
+    let k = 10f64.powi(decimals);
+    (x * k).round() / k
+}
+
+/// One Service's estimate, as reported.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceTraffic {
+    pub namespace: String,
+    pub name: String,
+    pub routing: String,
+    pub clients: &'static str,
+    /// Fractions of its requests that cross zones, 0–1.
+    pub cross_zone: Figures,
+    /// Fractions dropped (Local without a local endpoint), when any are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<Figures>,
+    /// Its monthly volume, from `--traffic`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_gb_per_month: Option<f64>,
+    /// Cross-zone GB per month.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gb_per_month: Option<Figures>,
+    /// Dollars per month for the cross-zone GB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_per_month: Option<Figures>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CrossZoneSummary {
+    /// Services modeled.
+    pub services: usize,
+    /// Services in scope with no ready endpoint (not modeled).
+    pub without_endpoints: usize,
+    /// `gbPerMonth` when the means are weighted by volume, else `services`.
+    pub weighted_by: &'static str,
+    pub today: f64,
+    pub after_routing: f64,
+    pub after_rollout: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_gb_per_month: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gb_per_month: Option<Figures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_per_month: Option<Figures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_per_gb: Option<f64>,
+    /// `--traffic` lines that name no modeled Service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_unmatched: Option<usize>,
 }
 
 #[derive(Debug, Default)]
 pub struct Report {
     pub findings: Vec<Finding>,
     pub summary: Summary,
+    /// The traffic estimate of every modeled Service.
+    pub services: Vec<ServiceTraffic>,
+    threshold: f64,
     /// The mutated manifests as YAML documents (`-o yaml`), spilled to a
     /// temporary file.
     manifests: Option<Spill>,
@@ -84,6 +262,8 @@ impl Report {
         Ok(Report {
             summary,
             findings: Vec::new(),
+            services: Vec::new(),
+            threshold: TrafficOptions::default().threshold,
             manifests: if keep_manifests {
                 Some(Spill::new()?)
             } else {
@@ -136,10 +316,134 @@ impl Report {
             self.summary.would_change += 1;
             if let Some(spill) = &mut self.manifests {
                 strip_server_fields(&mut after);
-                spill.document(&after)?;
+                spill.document(&with_type(after, kind))?;
             }
         }
         Ok(())
+    }
+
+    /// Records the traffic estimate: per Service, with money where the
+    /// volumes name it, and the summary's means (weighted by volume when
+    /// volumes are known, else by Service).
+    pub fn set_traffic(
+        &mut self,
+        estimates: Vec<Estimate>,
+        without_endpoints: usize,
+        opts: &TrafficOptions,
+    ) {
+        self.threshold = opts.threshold;
+        let price = opts.price_per_gb;
+        let mut matched: HashSet<(String, String)> = HashSet::new();
+        let (mut weight, mut sum) = (0.0, Figures::default());
+        let (mut total_gb, mut gb_sum) = (0.0, Figures::default());
+        for e in &estimates {
+            let cross = Figures::of(e, |s| s.cross);
+            let dropped = Figures::of(e, |s| s.dropped);
+            let key = (e.namespace.clone(), e.name.clone());
+            let gb = opts.volumes.as_ref().and_then(|v| v.get(&key)).copied();
+            if gb.is_some() {
+                matched.insert(key);
+            }
+            let w = match (&opts.volumes, gb) {
+                (Some(_), g) => g.unwrap_or(0.0),
+                (None, _) => 1.0,
+            };
+            weight += w;
+            sum = Figures {
+                today: sum.today + w * cross.today,
+                after_routing: sum.after_routing + w * cross.after_routing,
+                after_rollout: sum.after_rollout + w * cross.after_rollout,
+            };
+            let cross_gb = gb.map(|g| cross.map(|f| f * g));
+            if let (Some(g), Some(c)) = (gb, cross_gb) {
+                total_gb += g;
+                gb_sum = Figures {
+                    today: gb_sum.today + c.today,
+                    after_routing: gb_sum.after_routing + c.after_routing,
+                    after_rollout: gb_sum.after_rollout + c.after_rollout,
+                };
+            }
+            self.services.push(ServiceTraffic {
+                namespace: e.namespace.clone(),
+                name: e.name.clone(),
+                routing: e.routing.clone(),
+                clients: e.clients.name(),
+                cross_zone: cross.map(|f| round_to(f, 3)),
+                dropped: (dropped != Figures::default()).then(|| dropped.map(|f| round_to(f, 3))),
+                traffic_gb_per_month: gb.map(|g| round_to(g, 2)),
+                gb_per_month: cross_gb.map(|c| c.map(|f| round_to(f, 2))),
+                cost_per_month: cross_gb.map(|c| c.map(|f| round_to(f * price, 2))),
+            });
+        }
+        // With volumes that match nothing, the means fall back to Services.
+        let by_volume = opts.volumes.is_some() && weight > 0.0;
+        if !by_volume {
+            weight = estimates.len() as f64;
+            sum = estimates.iter().fold(Figures::default(), |a, e| Figures {
+                today: a.today + e.today.cross,
+                after_routing: a.after_routing + e.after_routing.cross,
+                after_rollout: a.after_rollout + e.after_rollout.cross,
+            });
+        }
+        let mean = if weight > 0.0 {
+            sum.map(|f| round_to(f / weight, 3))
+        } else {
+            Figures::default()
+        };
+        let volumes = opts.volumes.as_ref();
+        self.summary.cross_zone = Some(CrossZoneSummary {
+            services: estimates.len(),
+            without_endpoints,
+            weighted_by: if by_volume { "gbPerMonth" } else { "services" },
+            today: mean.today,
+            after_routing: mean.after_routing,
+            after_rollout: mean.after_rollout,
+            traffic_gb_per_month: volumes.map(|_| round_to(total_gb, 2)),
+            gb_per_month: volumes.map(|_| gb_sum.map(|f| round_to(f, 2))),
+            cost_per_month: volumes.map(|_| gb_sum.map(|f| round_to(f * price, 2))),
+            price_per_gb: volumes.map(|_| price),
+            traffic_unmatched: volumes.map(|v| v.len() - matched.len()),
+        });
+    }
+
+    /// "N Services; modeled cross-zone share of requests: X% today → Y%
+    /// after routing → Z% after rollout", with money when volumes are known.
+    pub fn cross_zone_line(&self) -> Option<String> {
+        let c = self.summary.cross_zone.as_ref()?;
+        let pct = |f: f64| format!("{:.1}%", f * 100.0);
+        let mut line = format!(
+            "{} Service{}; modeled cross-zone share of requests: {} today \u{2192} {} after routing \u{2192} {} after rollout",
+            c.services,
+            if c.services == 1 { "" } else { "s" },
+            pct(c.today),
+            pct(c.after_routing),
+            pct(c.after_rollout)
+        );
+        if c.weighted_by == "gbPerMonth" {
+            line.push_str(" (weighted by traffic)");
+        }
+        if let (Some(gb), Some(cost), Some(total), Some(price)) = (
+            c.gb_per_month,
+            c.cost_per_month,
+            c.traffic_gb_per_month,
+            c.price_per_gb,
+        ) {
+            line.push_str(&format!(
+                "; cross-zone {:.0} \u{2192} {:.0} \u{2192} {:.0} GB/month, ${:.2} \u{2192} ${:.2} \u{2192} ${:.2} per month \
+                 (of {total:.0} GB/month, at ${price}/GB)",
+                gb.today, gb.after_routing, gb.after_rollout, cost.today, cost.after_routing, cost.after_rollout
+            ));
+        }
+        if let Some(n) = c.traffic_unmatched.filter(|n| *n > 0) {
+            line.push_str(&format!("; {n} --traffic line(s) name no modeled Service"));
+        }
+        if c.without_endpoints > 0 {
+            line.push_str(&format!(
+                "; {} Service(s) without ready endpoints not modeled",
+                c.without_endpoints
+            ));
+        }
+        Some(line)
     }
 
     /// Orders the findings by namespace, kind and name (stable within an
@@ -159,7 +463,15 @@ impl Report {
         }
     }
 
+    /// The summary line, and the cross-zone line under it.
     pub fn summary_line(&self) -> String {
+        match self.cross_zone_line() {
+            Some(cz) => format!("{}\n{cz}", self.counts_line()),
+            None => self.counts_line(),
+        }
+    }
+
+    fn counts_line(&self) -> String {
         let s = &self.summary;
         let read: usize = s.objects_read.values().sum();
         let kinds: Vec<String> = s
@@ -226,7 +538,85 @@ impl Report {
             }
             writeln!(out)?;
         }
+        self.write_cross_zone_table(out)?;
         writeln!(out, "{}", self.summary_line())
+    }
+
+    /// Per namespace, the Services whose share today is above the
+    /// threshold, highest first.
+    fn write_cross_zone_table(&self, out: &mut dyn Write) -> io::Result<()> {
+        let mut by_ns: BTreeMap<&str, Vec<&ServiceTraffic>> = BTreeMap::new();
+        for s in self
+            .services
+            .iter()
+            .filter(|s| s.cross_zone.today > self.threshold)
+        {
+            by_ns.entry(&s.namespace).or_default().push(s);
+        }
+        if by_ns.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            out,
+            "CROSS-ZONE TRAFFIC (modeled share of requests; Services above {:.0}% today)",
+            self.threshold * 100.0
+        )?;
+        let money = self.services.iter().any(|s| s.cost_per_month.is_some());
+        let pct = |f: f64| format!("{:.1}%", f * 100.0);
+        for (ns, mut list) in by_ns {
+            list.sort_by(|a, b| {
+                b.cross_zone
+                    .today
+                    .total_cmp(&a.cross_zone.today)
+                    .then(a.name.cmp(&b.name))
+            });
+            writeln!(out, "NAMESPACE {ns}")?;
+            let wn = list
+                .iter()
+                .map(|s| s.name.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(7);
+            let wr = list
+                .iter()
+                .map(|s| s.routing.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(7);
+            write!(
+                out,
+                "  {:wn$}  {:wr$}  {:7}  {:>6}  {:>13}  {:>13}",
+                "SERVICE", "ROUTING", "CLIENTS", "TODAY", "AFTER ROUTING", "AFTER ROLLOUT"
+            )?;
+            writeln!(
+                out,
+                "{}",
+                if money {
+                    "  COST/MONTH TODAY → AFTER ROLLOUT"
+                } else {
+                    ""
+                }
+            )?;
+            for s in list {
+                let c = s.cross_zone;
+                write!(
+                    out,
+                    "  {:wn$}  {:wr$}  {:7}  {:>6}  {:>13}  {:>13}",
+                    s.name,
+                    s.routing,
+                    s.clients,
+                    pct(c.today),
+                    pct(c.after_routing),
+                    pct(c.after_rollout)
+                )?;
+                match s.cost_per_month {
+                    Some(m) => writeln!(out, "  ${:.2} → ${:.2}", m.today, m.after_rollout)?,
+                    None => writeln!(out)?,
+                }
+            }
+            writeln!(out)?;
+        }
+        Ok(())
     }
 
     /// `{"findings": [...], "summary": {...}}`, a finding a line.
@@ -239,6 +629,16 @@ impl Report {
                 out,
                 "{}",
                 if i + 1 < self.findings.len() { "," } else { "" }
+            )?;
+        }
+        writeln!(out, "], \"services\": [")?;
+        for (i, t) in self.services.iter().enumerate() {
+            write!(out, "  ")?;
+            serde_json::to_writer(&mut *out, t)?;
+            writeln!(
+                out,
+                "{}",
+                if i + 1 < self.services.len() { "," } else { "" }
             )?;
         }
         write!(out, "], \"summary\": ")?;
@@ -347,6 +747,23 @@ impl Drop for Spill {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The manifest with `apiVersion` and `kind` first: list responses leave
+/// them out of their items, and `kubectl apply` needs them.
+fn with_type(obj: Value, kind: Kind) -> Value {
+    let Value::Object(fields) = obj else {
+        return obj;
+    };
+    let mut out = serde_json::Map::with_capacity(fields.len() + 2);
+    out.insert("apiVersion".into(), Value::String(kind.api_version()));
+    out.insert("kind".into(), Value::String(kind.name().to_string()));
+    for (k, v) in fields {
+        if k != "apiVersion" && k != "kind" {
+            out.insert(k, v);
+        }
+    }
+    Value::Object(out)
 }
 
 /// Fields the API server sets, which a manifest in Git must not carry.

@@ -24,6 +24,7 @@ use crate::lookups::Lookup;
 use crate::names;
 use crate::object;
 use crate::patch::PatchError;
+use crate::policy::Policy;
 use crate::warnings::Priority;
 
 const POD_AFFINITY: [&str; 5] = ["spec", "template", "spec", "affinity", "podAffinity"];
@@ -130,8 +131,42 @@ pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(),
 }
 
 /// Callees from the `zonewise.io/calls` annotation, then the config call
-/// graph, without duplicates, at most [`MAX_CALLEES`].
+/// graph, without duplicates, at most [`MAX_CALLEES`]; with warnings for
+/// entries that are not Services and for callees past the cap.
 fn callees(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Vec<ObjectRef> {
+    let (list, over) = declared_callees(w, ctx.namespace, ctx.policy, |entry| {
+        out.warn(
+            Priority::Normal,
+            format!(
+                "zonewise: {CALLS}: {} is not a Service (name or name.namespace); ignored",
+                quoted(entry)
+            ),
+        )
+    });
+    if over > 0 {
+        out.warn(
+            Priority::Normal,
+            format!(
+                "zonewise: {} calls more than {MAX_CALLEES} Services; the {over} entries after the \
+                 first {MAX_CALLEES} get no affinity",
+                ctx.describe(w)
+            ),
+        );
+    }
+    list
+}
+
+/// The Services workload `w` in `namespace` is declared to call (its
+/// `zonewise.io/calls` annotation, then the config's call graph), without
+/// duplicates and at most [`MAX_CALLEES`], and how many were left past the
+/// cap; `bad` hears each annotation entry that is not a Service. Shared by
+/// the rule and the audit's traffic model, so both read one call graph.
+pub fn declared_callees(
+    w: &Value,
+    namespace: &str,
+    policy: &Policy,
+    mut bad: impl FnMut(&str),
+) -> (Vec<ObjectRef>, usize) {
     let mut list: Vec<ObjectRef> = Vec::new();
     let mut seen: HashSet<ObjectRef> = HashSet::new();
     let mut over = 0usize;
@@ -148,35 +183,19 @@ fn callees(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Vec<ObjectRe
     };
     if let Some(calls) = object::annotation(w, CALLS) {
         for entry in calls.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            match parse_callee(entry, ctx.namespace) {
+            match parse_callee(entry, namespace) {
                 Some(r) => add(r, &mut list),
-                None => out.warn(
-                    Priority::Normal,
-                    format!(
-                        "zonewise: {CALLS}: {} is not a Service (name or name.namespace); ignored",
-                        quoted(entry)
-                    ),
-                ),
+                None => bad(entry),
             }
         }
     }
     let name = object::str_at(w, &["metadata", "name"]).unwrap_or("");
     if !name.is_empty() {
-        for r in ctx.policy.callees_of(&ObjectRef::new(ctx.namespace, name)) {
+        for r in policy.callees_of(&ObjectRef::new(namespace, name)) {
             add(r.clone(), &mut list);
         }
     }
-    if over > 0 {
-        out.warn(
-            Priority::Normal,
-            format!(
-                "zonewise: {} calls more than {MAX_CALLEES} Services; the {over} entries after the \
-                 first {MAX_CALLEES} get no affinity",
-                ctx.describe(w)
-            ),
-        );
-    }
-    list
+    (list, over)
 }
 
 /// A callee entry as warnings show it: quoted, and short.

@@ -252,7 +252,13 @@ async fn list_or_watch(
             if metadata_only {
                 partial(o)
             } else {
-                (*o).clone()
+                // A real API server leaves the type out of list items.
+                let mut item = (*o).clone();
+                if let Some(m) = item.as_object_mut() {
+                    m.remove("apiVersion");
+                    m.remove("kind");
+                }
+                item
             }
         })
         .collect();
@@ -566,7 +572,8 @@ pub fn node(name: &str, zone: Option<&str>, ready: bool) -> Value {
         "spec": {"providerID": format!("aws:///{}/i-{name}", zone.unwrap_or("none"))},
         "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
                                    "reason": "KubeletReady", "lastHeartbeatTime": "2026-01-01T00:00:00Z"}],
-                   "images": images, "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"}}})
+                   "images": images, "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+                   "allocatable": {"cpu": "3920m", "memory": "15Gi", "pods": "110"}}})
 }
 
 pub fn deployment(ns: &str, name: &str, replicas: i64) -> Value {
