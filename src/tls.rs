@@ -133,7 +133,8 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`, optional client certificates.
+/// TLS 1.2 and 1.3, ALPN `http/1.1` alone (the one protocol the API server
+/// speaks to webhooks), optional client certificates.
 pub fn server_config(
     certs: Arc<CertStore>,
     client_ca: Option<&Path>,
@@ -166,7 +167,7 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(certs);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Stateless resumption tickets: a reconnecting client skips the full
     // handshake without the server keeping per-client state.
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
@@ -220,10 +221,7 @@ mod tests {
         .unwrap();
         let store = CertStore::new(pair.key);
         let cfg = server_config(store.clone(), None).unwrap();
-        assert_eq!(
-            cfg.alpn_protocols,
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-        );
+        assert_eq!(cfg.alpn_protocols, vec![b"http/1.1".to_vec()]);
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.crt");
         std::fs::write(&ca, &a.ca_cert_pem).unwrap();

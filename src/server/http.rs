@@ -9,15 +9,14 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use tokio::sync::OwnedSemaphorePermit;
-
-use super::conn::ConnBudget;
 use tracing::{info, warn};
+
+use super::budget::{ConnBudget, Reserved};
 
 use super::AppState;
 use crate::admission::{AdmissionRequest, Kind, Outcome, Rule, Verdict};
@@ -54,9 +53,8 @@ pub struct HttpError {
     status: StatusCode,
     reason: &'static str,
     message: String,
-    /// The request body may be left unread: the connection cannot be reused.
-    /// (The connection layer turns this into `Connection: close` on
-    /// HTTP/1.1; h2 has no such header.)
+    /// The request body may be left unread: the connection cannot be
+    /// reused, and the response says `Connection: close`.
     close: bool,
     retry_after: Option<u32>,
 }
@@ -116,24 +114,10 @@ async fn admit(state: &AppState, req: Request, endpoint: Endpoint) -> Response {
     let start = Instant::now();
     let endpoint_name = endpoint.as_str();
     let (parts, body) = req.into_parts();
-    let h2 = parts.version == Version::HTTP_2;
     let conn = parts.extensions.get::<ConnBudget>().cloned();
     let (body, _reserved) = match read_body(state, conn.as_ref(), &parts.headers, body).await {
         Ok(b) => b,
-        Err((e, unread)) => {
-            // h2: the unread request body is dropped only once the answer
-            // has gone out, so the stream ends with the response and then
-            // RST_STREAM(NO_ERROR), which tells the client to stop sending
-            // without failing the request (RFC 9113, section 8.1). Dropped
-            // first, it would reset the stream before any answer.
-            let held = if h2 { unread } else { None };
-            return refuse(state, e).map(|b| {
-                Body::new(HoldUntilSent {
-                    inner: b,
-                    _held: held,
-                })
-            });
-        }
+        Err(e) => return refuse(state, e),
     };
     if state.noop_baseline {
         return ([(header::CONTENT_TYPE, "application/json")], NOOP_ANSWER).into_response();
@@ -182,7 +166,7 @@ async fn admit(state: &AppState, req: Request, endpoint: Endpoint) -> Response {
 /// Bodies up to this size are reviewed on the async worker that read them
 /// (the common case: a review is tens of microseconds); larger ones on the
 /// blocking pool.
-const INLINE_REVIEW_BYTES: usize = 256 * 1024;
+const INLINE_REVIEW_BYTES: usize = super::budget::LARGE_BODY;
 
 type Reviewed = (AdmissionRequest, Outcome, Vec<u8>);
 
@@ -210,9 +194,6 @@ fn busy() -> HttpError {
     .retry_after(1)
 }
 
-/// A refusal together with the request body it did not read.
-type Refusal = (HttpError, Option<Body>);
-
 /// Checks the media type and size, then reads the body within the limits
 /// and the process-wide budget for request bytes in flight, which it
 /// returns reserved until the review is done. A declared length over the
@@ -222,15 +203,12 @@ async fn read_body(
     conn: Option<&ConnBudget>,
     headers: &HeaderMap,
     mut body: Body,
-) -> Result<(Bytes, Reserved), Refusal> {
+) -> Result<(Bytes, Reserved), HttpError> {
     if !is_json(headers) {
-        return Err((
-            HttpError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "Content-Type must be application/json",
-            ),
-            Some(body),
+        return Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
         ));
     }
     let limit = state.limits.max_body_bytes;
@@ -247,12 +225,12 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err((too_large(), Some(body)));
+        return Err(too_large());
     }
     // Reserve what is declared now; what is not declared, as it arrives.
     let mut reserved = match reserve(state, conn, declared.unwrap_or(0) as usize) {
         Some(p) => p,
-        None => return Err((busy(), Some(body))),
+        None => return Err(busy()),
     };
     let read = async {
         // Grown as bytes arrive, not sized from the declaration: a client
@@ -274,12 +252,12 @@ async fn read_body(
             if buf.len() + data.len() > limit {
                 return Err(too_large());
             }
-            let beyond = (buf.len() + data.len()).saturating_sub(reserved.bytes());
-            if beyond > 0 {
-                match reserve(state, conn, beyond) {
-                    Some(more) => reserved.merge(more),
-                    None => return Err(busy()),
-                }
+            if !state
+                .budget
+                .grow(&mut reserved, conn, buf.len() + data.len())
+            {
+                state.metrics.inflight_rejections.inc();
+                return Err(busy());
             }
             buf.extend_from_slice(&data);
         }
@@ -288,124 +266,30 @@ async fn read_body(
     let read = tokio::time::timeout(state.limits.request_timeout, read).await;
     match read {
         Ok(Ok(bytes)) => Ok((bytes, reserved)),
-        Ok(Err(e)) => Err((e, Some(body))),
-        Err(_) => Err((
-            HttpError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "request body not received within {:?}",
-                    state.limits.request_timeout
-                ),
-            )
-            .closing(),
-            Some(body),
-        )),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(HttpError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "request body not received within {:?}",
+                state.limits.request_timeout
+            ),
+        )
+        .closing()),
     }
 }
 
-/// Bytes reserved for one request: from the process-wide budget and from
-/// its connection's share. Released when dropped.
-struct Reserved {
-    global: OwnedSemaphorePermit,
-    conn: Option<OwnedSemaphorePermit>,
-}
-
-impl Reserved {
-    fn bytes(&self) -> usize {
-        self.global.num_permits()
-    }
-
-    fn merge(&mut self, more: Reserved) {
-        self.global.merge(more.global);
-        match (&mut self.conn, more.conn) {
-            (Some(a), Some(b)) => a.merge(b),
-            (a @ None, b) => *a = b,
-            (Some(_), None) => {}
-        }
-    }
-}
-
-/// Takes `n` bytes (at least one, so a reservation always exists to grow)
-/// from the connection's share and the process-wide budget, or `None` when
-/// either is spent: fail fast with 503, never queue a body in memory.
+/// Reserves `n` body bytes (see [`budget`]), counting refusals: fail fast
+/// with 503, never queue a body in memory.
 fn reserve(state: &AppState, conn: Option<&ConnBudget>, n: usize) -> Option<Reserved> {
-    let n = u32::try_from(n.max(1)).ok();
-    let reserved = n.and_then(|n| {
-        let conn = match conn {
-            Some(c) => Some(c.0.clone().try_acquire_many_owned(n).ok()?),
-            None => None,
-        };
-        let global = state.inflight.clone().try_acquire_many_owned(n).ok()?;
-        Some(Reserved { global, conn })
-    });
+    let reserved = state.budget.reserve(conn, n);
     if reserved.is_none() {
         state.metrics.inflight_rejections.inc();
     }
     reserved
 }
 
-/// A response body that keeps the unread request body alive until the
-/// response has been sent whole.
-struct HoldUntilSent {
-    inner: Body,
-    /// Never read here: drained and dropped after the response.
-    _held: Option<Body>,
-}
-
-/// How long, and how much, a refused h2 request body is read and thrown
-/// away after the response before its stream is reset. Clients that meet
-/// RST_STREAM in the same read as the response (curl 7.88 among them)
-/// report a stream error instead of the answer; a moment later they read
-/// it. Reading, not merely holding, keeps the connection's flow-control
-/// window open for its other streams meanwhile.
-const DRAIN_BEFORE_RESET: std::time::Duration = std::time::Duration::from_millis(250);
-const DRAIN_BYTES: usize = 4 * 1024 * 1024;
-
-impl Drop for HoldUntilSent {
-    fn drop(&mut self) {
-        let (Some(mut body), Ok(rt)) = (self._held.take(), tokio::runtime::Handle::try_current())
-        else {
-            return;
-        };
-        rt.spawn(async move {
-            let drain = async {
-                let mut n = 0;
-                while let Some(Ok(frame)) = body.frame().await {
-                    n += frame.data_ref().map_or(0, |d| d.len());
-                    if n > DRAIN_BYTES {
-                        break;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(DRAIN_BEFORE_RESET, drain).await;
-            // Dropped: the stream, its response sent, is reset NO_ERROR.
-            drop(body);
-        });
-    }
-}
-
-impl http_body::Body for HoldUntilSent {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// h2 requests with more header fields than HTTP/1.1 would take.
+/// Requests with more header fields than `max_headers`.
 pub fn too_many_headers(max: usize) -> HttpError {
     HttpError::new(
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -5,6 +5,7 @@
 //! client CA) is checked in [`Server::load`], before a socket is bound, so a
 //! bad rollout fails at start instead of serving errors.
 
+pub mod budget;
 pub mod conn;
 pub mod http;
 
@@ -51,7 +52,8 @@ pub struct RequestLimits {
     /// Time allowed to receive a request body.
     pub request_timeout: Duration,
     /// Request body bytes held at once, all connections together: beyond
-    /// it, requests get 503 with `Retry-After`.
+    /// it, requests get 503 with `Retry-After`. Bodies over 256 KiB may hold
+    /// half of it at most (see [`budget`]).
     pub max_inflight_bytes: usize,
     /// Large reviews run at most this many at once, off the async workers.
     pub large_reviews: usize,
@@ -76,7 +78,7 @@ pub struct Sizing {
 }
 
 impl Sizing {
-    /// Measured: an idle TLS connection costs about 47 KiB (h2) and the
+    /// Measured: an idle TLS connection costs about 47 KiB and the
     /// process about 30 MiB besides. A quarter of the limit goes to request
     /// bodies in flight, a fixed reserve to the process, the rest to
     /// connections at 64 KiB each. Without a limit, as for 1 GiB.
@@ -209,7 +211,7 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub limits: RequestLimits,
     /// The in-flight request byte budget, one permit a byte.
-    pub inflight: Arc<tokio::sync::Semaphore>,
+    pub budget: budget::Budget,
     pub review_slots: Arc<tokio::sync::Semaphore>,
     pub noop_baseline: bool,
 }
@@ -227,7 +229,7 @@ impl AppState {
             lookups,
             metrics,
             health: Arc::new(Health::default()),
-            inflight: Arc::new(tokio::sync::Semaphore::new(limits.max_inflight_bytes)),
+            budget: budget::Budget::new(limits.max_inflight_bytes),
             review_slots: Arc::new(tokio::sync::Semaphore::new(limits.large_reviews.max(1))),
             limits,
             noop_baseline,

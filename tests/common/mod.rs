@@ -1,6 +1,6 @@
 //! Shared test support: the fixture table, AdmissionReview response
 //! decoding, and a real zonewise server on a pre-bound loopback port with
-//! certificates generated for the test, plus HTTPS clients (HTTP/1.1, h2).
+//! certificates generated for the test, plus an HTTPS client (HTTP/1.1, as the API server speaks).
 #![allow(dead_code)]
 
 pub mod fake_api;
@@ -14,7 +14,7 @@ use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -350,12 +350,6 @@ impl TestServer {
         Client::h1(self.tls(&[b"http/1.1"]).await).await
     }
 
-    pub async fn h2(&self) -> Client {
-        let tls = self.tls(&[b"h2"]).await;
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        Client::h2(tls).await
-    }
-
     pub fn signal(&self) {
         self.trigger.trigger();
     }
@@ -420,7 +414,6 @@ pub async fn tls_connect(addr: SocketAddr, connector: TlsConnector) -> TlsStream
 
 pub enum Client {
     H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
 pub struct Reply {
@@ -447,24 +440,9 @@ impl Client {
         Client::H1(sender)
     }
 
-    pub async fn h2(io: TlsStream<TcpStream>) -> Client {
-        let (sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-                .await
-                .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Client::H2(sender)
-    }
-
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> hyper::Result<Reply> {
         let resp = match self {
             Client::H1(s) => {
-                s.ready().await?;
-                s.send_request(req).await?
-            }
-            Client::H2(s) => {
                 s.ready().await?;
                 s.send_request(req).await?
             }
