@@ -88,7 +88,7 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-fn write_pair(dir: &Path, g: &zonewise::certs::Generated) {
+fn write_pair(dir: &Path, g: &zonewise::server::certs::Generated) {
     std::fs::write(dir.join("tls.crt"), &g.serving_cert_pem).unwrap();
     std::fs::write(dir.join("tls.key"), &g.serving_key_pem).unwrap();
 }
@@ -96,7 +96,7 @@ fn write_pair(dir: &Path, g: &zonewise::certs::Generated) {
 impl Server {
     fn start(noop: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let g = zonewise::certs::generate(&["localhost".into()]).unwrap();
+        let g = zonewise::server::certs::generate(&["localhost".into()]).unwrap();
         std::fs::write(dir.path().join("ca.crt"), &g.ca_cert_pem).unwrap();
         std::fs::write(dir.path().join("ca.key"), &g.ca_key_pem).unwrap();
         write_pair(dir.path(), &g);
@@ -173,7 +173,7 @@ fn connector(ca_pem: &str, resume: bool) -> TlsConnector {
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(zonewise::tls::provider())
+    let mut cfg = rustls::ClientConfig::builder_with_provider(zonewise::server::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
@@ -504,7 +504,7 @@ async fn soak(o: &Opts, s: &Soak, body: &Bytes) {
     let dir = tempfile::tempdir().unwrap();
     let ca_pem;
     {
-        let g = zonewise::certs::generate(&names).unwrap();
+        let g = zonewise::server::certs::generate(&names).unwrap();
         ca_pem = g.ca_cert_pem.clone();
         std::fs::write(dir.path().join("ca.crt"), &g.ca_cert_pem).unwrap();
         std::fs::write(dir.path().join("ca.key"), &g.ca_key_pem).unwrap();
@@ -562,7 +562,7 @@ async fn soak(o: &Opts, s: &Soak, body: &Bytes) {
         if s.rotate_every.is_some_and(|d| last_rotate.elapsed() >= d) {
             let ca_cert = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
             let ca_key = std::fs::read_to_string(dir.path().join("ca.key")).unwrap();
-            let g = zonewise::certs::issue(&names, &ca_cert, &ca_key).unwrap();
+            let g = zonewise::server::certs::issue(&names, &ca_cert, &ca_key).unwrap();
             rotations += 1;
             volume_swap(
                 dir.path(),

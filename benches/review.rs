@@ -16,15 +16,17 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use serde_json::Value;
-use zonewise::admission::{Kind, Operation};
 use zonewise::cluster::{ClusterCache, Metered, Scope};
-use zonewise::config::ObjectRef;
-use zonewise::lookups::{InMemory, Lookups, NoCluster, ServiceFacts};
-use zonewise::metrics::Metrics;
-use zonewise::policy::Policy;
-use zonewise::review::{Endpoint, review};
-use zonewise::rules::{Context, Mutation, call_affinity, lb_ip_target, zone_routing, zone_spread};
-use zonewise::wire;
+use zonewise::core::admission::{Kind, Operation};
+use zonewise::core::config::ObjectRef;
+use zonewise::core::lookups::{InMemory, Lookups, NoCluster, ServiceFacts};
+use zonewise::core::policy::Policy;
+use zonewise::core::review::{Endpoint, review};
+use zonewise::core::rules::{
+    Context, Mutation, call_affinity, lb_ip_target, zone_routing, zone_spread,
+};
+use zonewise::core::wire;
+use zonewise::telemetry::metrics::Metrics;
 
 const BODIES: [(&str, &str); 3] = [
     ("service-2k", include_str!("fixtures/service-2k.json")),

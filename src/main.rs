@@ -10,5 +10,5 @@
 // predictable footprint matters more on the admission path than 5 µs.
 
 fn main() -> std::process::ExitCode {
-    zonewise::cli::main()
+    zonewise::cmd::cli::main()
 }

@@ -436,10 +436,10 @@ async fn yaml_output_is_the_patched_objects_ready_for_git() {
         );
         common::typed(name, kind, doc);
         assert!(doc.get("status").is_none(), "{name}");
-        for field in zonewise::audit::report::SERVER_FIELDS {
+        for field in zonewise::cmd::audit::report::SERVER_FIELDS {
             assert!(doc["metadata"].get(field).is_none(), "{name}: {field}");
         }
-        for a in zonewise::audit::report::SERVER_ANNOTATIONS {
+        for a in zonewise::cmd::audit::report::SERVER_ANNOTATIONS {
             assert!(
                 doc["metadata"]["annotations"].get(a).is_none(),
                 "{name}: {a}"
@@ -465,7 +465,7 @@ async fn yaml_output_is_the_patched_objects_ready_for_git() {
                 json_patch::patch(&mut obj, &p).unwrap();
             }
         }
-        zonewise::audit::report::strip_server_fields(&mut obj);
+        zonewise::cmd::audit::report::strip_server_fields(&mut obj);
         assert_eq!(&obj, doc, "{kind} {ns}/{name}");
     }
     // Reviewed again (offline, as GitOps would bake it): nothing to add.

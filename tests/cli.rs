@@ -192,7 +192,8 @@ fn certs_writes_a_usable_pair_and_prints_the_ca_bundle() {
         .unwrap();
     assert_eq!(bundle, ca, "stdout is the caBundle");
     let pair =
-        zonewise::tls::load_pair(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
+        zonewise::server::tls::load_pair(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
+            .unwrap();
     assert!(pair.not_after > 0);
     let pem = std::fs::read(dir.path().join("tls.crt")).unwrap();
     let (_, p) = x509_parser::pem::parse_x509_pem(&pem).unwrap();

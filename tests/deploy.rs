@@ -220,7 +220,7 @@ fn mutating_webhook_is_exactly_as_designed() {
         })
     };
     // Every kind a rule acts on, from the rule table itself.
-    for kind in zonewise::admission::Kind::ALL {
+    for kind in zonewise::core::admission::Kind::ALL {
         let (group, ..) = kind.api();
         assert!(
             covers(group, kind.resource()),
@@ -384,7 +384,7 @@ fn shipped_config_is_valid() {
     let objs = kustomize(&repo().join("deploy/base"));
     let cm = find(&objs, "ConfigMap", "zonewise-config");
     let text = cm["data"]["config.yaml"].as_str().unwrap();
-    let config = zonewise::config::Config::from_yaml(text).unwrap();
+    let config = zonewise::core::config::Config::from_yaml(text).unwrap();
     assert!(
         config
             .excluded_namespaces
@@ -509,7 +509,7 @@ fn audit_reader_component_is_list_only_and_matches_the_audit() {
         }
     }
     granted.sort();
-    let mut listed: Vec<String> = zonewise::audit::list::RESOURCES
+    let mut listed: Vec<String> = zonewise::cmd::audit::list::RESOURCES
         .iter()
         .map(|r| format!("{}/{}", r.group, r.plural))
         .collect();

@@ -4,10 +4,10 @@
 mod common;
 
 use common::{CASES, check_case, check_converged, decode_answer, fixture, fixtures_dir};
-use zonewise::lookups::NoCluster;
-use zonewise::policy::Policy;
-use zonewise::review::{Endpoint, review};
-use zonewise::wire;
+use zonewise::core::lookups::NoCluster;
+use zonewise::core::policy::Policy;
+use zonewise::core::review::{Endpoint, review};
+use zonewise::core::wire;
 
 fn answer_with(body: &[u8], policy: &Policy) -> common::Answer {
     let req = wire::decode(body).expect("fixture decodes");

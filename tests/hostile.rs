@@ -22,8 +22,8 @@ struct Hostile {
 impl Hostile {
     fn start(extra: &[&str]) -> Hostile {
         let dir = tempfile::tempdir().unwrap();
-        let g = zonewise::certs::generate(&["localhost".into()]).unwrap();
-        let w = zonewise::certs::write(dir.path(), &g).unwrap();
+        let g = zonewise::server::certs::generate(&["localhost".into()]).unwrap();
+        let w = zonewise::server::certs::write(dir.path(), &g).unwrap();
         let mut args = vec![
             format!("--tls-cert={}", w.cert.display()),
             format!("--tls-key={}", w.key.display()),
@@ -644,12 +644,12 @@ async fn a_million_item_skip_list_gets_a_small_answer() {
         let a = decode_answer(&r.body);
         assert!(a.patch.is_some(), "the rules still ran");
         assert!(
-            a.warnings.len() <= zonewise::warnings::MAX_COUNT,
+            a.warnings.len() <= zonewise::core::warnings::MAX_COUNT,
             "{:?}",
             a.warnings
         );
         let chars: usize = a.warnings.iter().map(|w| w.chars().count()).sum();
-        assert!(chars <= zonewise::warnings::MAX_TOTAL_CHARS);
+        assert!(chars <= zonewise::core::warnings::MAX_TOTAL_CHARS);
     }
     good.finish("skip list").await;
     h.assert_within_pod_limit("skip list");
@@ -691,7 +691,7 @@ async fn eighty_thousand_callees_do_not_stall_other_clients() {
         let terms = &obj["spec"]["template"]["spec"]["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
         assert_eq!(
             terms.as_array().unwrap().len(),
-            zonewise::rules::call_affinity::MAX_CALLEES
+            zonewise::core::rules::call_affinity::MAX_CALLEES
         );
     }
     good.finish("callees").await;

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use zonewise::certs;
 use zonewise::server::TlsSource;
+use zonewise::server::certs;
 
 /// A directory laid out the way the kubelet writes Secret and ConfigMap
 /// volumes: files are symlinks through `..data`, which is swapped

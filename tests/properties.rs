@@ -16,16 +16,16 @@ use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde::de::DeserializeSeed;
 use serde_json::{Map, Value, json};
-use zonewise::admission::{Kind, Operation};
-use zonewise::config::Config;
-use zonewise::lookups::{
+use zonewise::core::admission::{Kind, Operation};
+use zonewise::core::config::Config;
+use zonewise::core::lookups::{
     DaemonSetEntry, DaemonSetFacts, InMemory, Lookups, NoCluster, ServiceFacts,
 };
-use zonewise::policy::{Environment, Policy};
-use zonewise::review::{Endpoint, review};
-use zonewise::rules::{self, Action, Context, Mutation, Read, RuleSpec};
-use zonewise::sparse::{Budget, Interest, Sparse};
-use zonewise::wire::{self, Objects};
+use zonewise::core::policy::{Environment, Policy};
+use zonewise::core::review::{Endpoint, review};
+use zonewise::core::rules::{self, Action, Context, Mutation, Read, RuleSpec};
+use zonewise::core::sparse::{Budget, Interest, Sparse};
+use zonewise::core::wire::{self, Objects};
 
 // --------------------------------------------------------------- strategies
 
@@ -611,7 +611,7 @@ fn fixture_objects_are_read_only_where_declared() {
             &review["request"]["kind"]["group"],
             &review["request"]["kind"]["version"],
         );
-        let gvk = zonewise::admission::GroupVersionKind::new(
+        let gvk = zonewise::core::admission::GroupVersionKind::new(
             group.as_str().unwrap(),
             version.as_str().unwrap(),
             review["request"]["kind"]["kind"].as_str().unwrap(),

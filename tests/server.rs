@@ -91,11 +91,12 @@ async fn tls_1_2_and_1_3_both_serve() {
         for c in rustls::pki_types::CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(zonewise::tls::provider())
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut cfg =
+            rustls::ClientConfig::builder_with_provider(zonewise::server::tls::provider())
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = tls_connect(
             server.addr,
@@ -387,8 +388,8 @@ fn embedded_default_start_in_a_fresh_directory() {
 #[test]
 fn serve_flags_from_the_environment_and_own_namespace_excluded() {
     let dir = tempfile::tempdir().unwrap();
-    let g = zonewise::certs::generate(&["localhost".into()]).unwrap();
-    let w = zonewise::certs::write(dir.path(), &g).unwrap();
+    let g = zonewise::server::certs::generate(&["localhost".into()]).unwrap();
+    let w = zonewise::server::certs::write(dir.path(), &g).unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, "service: {routing: annotation}\n").unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zonewise"));

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zonewise::config::Config;
-use zonewise::policy::{Environment, Policy};
+use zonewise::core::config::Config;
+use zonewise::core::policy::{Environment, Policy};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

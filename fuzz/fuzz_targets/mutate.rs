@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zonewise::policy::Policy;
-use zonewise::mutate::{Output, run};
+use zonewise::core::policy::Policy;
+use zonewise::cmd::mutate::{Output, run};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -7,10 +7,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zonewise::policy::Policy;
-use zonewise::lookups::NoCluster;
-use zonewise::review::{Endpoint, review};
-use zonewise::wire::{self, Objects};
+use zonewise::core::policy::Policy;
+use zonewise::core::lookups::NoCluster;
+use zonewise::core::review::{Endpoint, review};
+use zonewise::core::wire::{self, Objects};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(req) = wire::decode(data) else { return };

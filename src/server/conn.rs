@@ -52,7 +52,7 @@ use tracing::{debug, warn};
 
 use super::Health;
 use super::budget::ConnBudget;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct ConnLimits {

@@ -1,5 +1,5 @@
 //! The HTTP edge: routes, request checks, status codes. Reviews themselves
-//! happen in [`crate::review`]; this module only turns bytes into a request
+//! happen in [`crate::core::review`]; this module only turns bytes into a request
 //! and an outcome into bytes, and never answers 5xx for a client's mistake.
 
 use std::fmt;
@@ -19,11 +19,11 @@ use tracing::{info, warn};
 use super::budget::{ConnBudget, Reserved};
 
 use super::AppState;
-use crate::admission::{AdmissionRequest, Kind, Outcome, Rule, Verdict};
-use crate::metrics::{EndpointLabels, ReasonLabels, RequestLabels, RuleLabels};
-use crate::policy::Policy;
-use crate::review::{self, Endpoint};
-use crate::wire;
+use crate::core::admission::{AdmissionRequest, Kind, Outcome, Rule, Verdict};
+use crate::core::policy::Policy;
+use crate::core::review::{self, Endpoint};
+use crate::core::wire;
+use crate::telemetry::metrics::{EndpointLabels, ReasonLabels, RequestLabels, RuleLabels};
 
 /// The admission router served over TLS (health endpoints included, so a
 /// probe can also check the TLS side).
@@ -173,7 +173,7 @@ type Reviewed = (AdmissionRequest, Outcome, Vec<u8>);
 fn review_body(
     body: &[u8],
     policy: &Policy,
-    lookups: &dyn crate::lookups::Lookups,
+    lookups: &dyn crate::core::lookups::Lookups,
     endpoint: Endpoint,
 ) -> Result<Reviewed, wire::DecodeError> {
     let request = wire::decode(body)?;

@@ -6,8 +6,12 @@
 //! bad rollout fails at start instead of serving errors.
 
 pub mod budget;
+pub mod certs;
 pub mod conn;
 pub mod http;
+pub mod live;
+pub mod reload;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,16 +25,15 @@ use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use crate::certs;
 use crate::cluster::{self, ClusterCache, Metered, Scope};
-use crate::config::Config;
-use crate::lookups::{Lookups, NoCluster};
-use crate::metrics::{Metrics, ResultLabels};
-use crate::policy::{Environment, LivePolicy};
-use crate::reload;
-use crate::tls::{self, CertStore};
-use crate::versions::KubeVersion;
+use crate::core::config::Config;
+use crate::core::lookups::{Lookups, NoCluster};
+use crate::core::policy::Environment;
+use crate::core::versions::KubeVersion;
+use crate::telemetry::metrics::{Metrics, ResultLabels};
 pub use conn::{ConnLimits, Phase};
+use live::LivePolicy;
+use tls::CertStore;
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone)]
@@ -456,10 +459,9 @@ impl Server {
                 self.opts.cluster.sync_timeout,
             ));
             let live = state.policy.clone();
-            let known = live
-                .load()
-                .version
-                .filter(|_| live.load().version_source == crate::policy::VersionSource::Cluster);
+            let known = live.load().version.filter(|_| {
+                live.load().version_source == crate::core::policy::VersionSource::Cluster
+            });
             background.spawn(cluster::track_version(client, known, reconnected, move |v| {
                 let policy = live.set_server_version(v);
                 info!(version = %v, routing = %policy.routing.mode, "policy re-resolved for the API server version");

@@ -350,19 +350,21 @@ impl FakeApi {
             .with_state(state.clone());
 
         let dir = tempfile::tempdir().unwrap();
-        let g = zonewise::certs::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
-        let pair = zonewise::tls::parse_pair(
+        let g =
+            zonewise::server::certs::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let pair = zonewise::server::tls::parse_pair(
             g.serving_cert_pem.as_bytes(),
             g.serving_key_pem.as_bytes(),
             dir.path(),
             dir.path(),
         )
         .unwrap();
-        let mut tls = rustls::ServerConfig::builder_with_provider(zonewise::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_cert_resolver(zonewise::tls::CertStore::new(pair.key));
+        let mut tls =
+            rustls::ServerConfig::builder_with_provider(zonewise::server::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_cert_resolver(zonewise::server::tls::CertStore::new(pair.key));
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use zonewise::certs;
+use zonewise::server::certs;
 use zonewise::server::{
     AppState, Exit, Listeners, ServeOptions, Server, ShutdownTrigger, TlsSource, shutdown_channel,
 };
@@ -50,11 +50,11 @@ pub struct Case {
 }
 
 impl Case {
-    pub fn policy(&self) -> zonewise::policy::Policy {
-        zonewise::policy::Policy::new(
-            zonewise::config::Config::from_yaml(&self.config)
+    pub fn policy(&self) -> zonewise::core::policy::Policy {
+        zonewise::core::policy::Policy::new(
+            zonewise::core::config::Config::from_yaml(&self.config)
                 .unwrap_or_else(|e| panic!("{}: config: {e}", self.name)),
-            &zonewise::policy::Environment::default(),
+            &zonewise::core::policy::Environment::default(),
         )
     }
 }
@@ -387,7 +387,7 @@ pub fn client_connector(
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let builder = rustls::ClientConfig::builder_with_provider(zonewise::tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(zonewise::server::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);

@@ -12,13 +12,13 @@ use std::io::Write;
 use json_patch::Patch;
 use serde_json::{Value, json};
 
-use crate::lookups::NoCluster;
-use crate::object;
-use crate::policy::Policy;
-use crate::review::{
+use crate::core::lookups::NoCluster;
+use crate::core::object;
+use crate::core::policy::Policy;
+use crate::core::review::{
     self, AdmissionRequest, Endpoint, GroupVersionKind, Operation, Outcome, Verdict,
 };
-use crate::wire;
+use crate::core::wire;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {

@@ -5,7 +5,7 @@
 //! annotation takes precedence in the EndpointSlice controller, so setting
 //! both would silently change which mechanism is in charge. Which one, and
 //! which value, follows the API server's version
-//! ([`crate::versions::resolve_routing`]): a patch of zonewise's never
+//! ([`crate::core::versions::resolve_routing`]): a patch of zonewise's never
 //! makes the API server reject the object or warn about it.
 
 use serde_json::{Value, json};
@@ -14,9 +14,9 @@ use super::{
     Action, Context, Kind, Mutation, Rule, RuleSpec, SERVICE_ROUTING, TOPOLOGY_MODE, has_selector,
     has_topology_setting, is_headless, is_local, service_type,
 };
-use crate::patch::PatchError;
-use crate::versions::RoutingMode;
-use crate::warnings::Priority;
+use crate::core::patch::PatchError;
+use crate::core::versions::RoutingMode;
+use crate::core::warnings::Priority;
 
 pub const SPEC: RuleSpec = RuleSpec {
     rule: Rule::ZoneRouting,
@@ -61,10 +61,10 @@ fn eligible(svc: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Environment;
-    use crate::rules::TOPOLOGY_HINTS;
-    use crate::rules::test_support::*;
-    use crate::versions::KubeVersion;
+    use crate::core::policy::Environment;
+    use crate::core::rules::TOPOLOGY_HINTS;
+    use crate::core::rules::test_support::*;
+    use crate::core::versions::KubeVersion;
 
     fn run_yaml(svc: &Value, yaml: &str, minor: Option<u32>) -> (Value, Vec<String>, usize) {
         let env = Environment {

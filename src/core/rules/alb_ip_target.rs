@@ -9,10 +9,10 @@
 use serde_json::Value;
 
 use super::{Action, Context, Kind, Mutation, Rule, RuleSpec, read};
-use crate::config::TargetType;
-use crate::object;
-use crate::patch::PatchError;
-use crate::rules::lb_ip_target::prefer_ip_targets;
+use crate::core::config::TargetType;
+use crate::core::object;
+use crate::core::patch::PatchError;
+use crate::core::rules::lb_ip_target::prefer_ip_targets;
 
 pub const ALB_TARGET_TYPE: &str = "alb.ingress.kubernetes.io/target-type";
 /// The class annotation from before `spec.ingressClassName` (1.18); the
@@ -47,8 +47,8 @@ fn served_by_alb(ing: &Value, classes: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lookups::{InMemory, Lookups};
-    use crate::rules::test_support::*;
+    use crate::core::lookups::{InMemory, Lookups};
+    use crate::core::rules::test_support::*;
     use serde_json::json;
 
     fn ingress(class: Option<&str>) -> Value {

@@ -128,7 +128,7 @@ impl fmt::Display for Kind {
 
 /// The rules, by the names used in the config, `zonewise.io/skip`,
 /// `zonewise.io/applied`, metrics and logs. What each one does and reads is
-/// declared in [`crate::rules::RULES`].
+/// declared in [`crate::core::rules::RULES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rule {
     ZoneRouting,
@@ -184,7 +184,7 @@ pub struct AdmissionRequest {
     pub object: Option<Value>,
     pub old_object: Option<Value>,
     /// `object` holds the whole object; `false` when only the parts the
-    /// rules read were parsed (see [`crate::sparse`]).
+    /// rules read were parsed (see [`crate::core::sparse`]).
     pub complete: bool,
     /// The parts the rules read held more values than one review may
     /// build; the object was not kept and is not reviewed.
@@ -221,7 +221,7 @@ impl Verdict {
 pub struct Outcome {
     pub verdict: Verdict,
     /// For the person running `kubectl`: deduplicated, most important
-    /// first, within the API server's limits (see [`crate::warnings`]).
+    /// first, within the API server's limits (see [`crate::core::warnings`]).
     pub warnings: Vec<String>,
     /// Why no rule ran, for the log line.
     pub skipped: Option<&'static str>,

@@ -19,13 +19,13 @@ use super::{
     Action, CALLS, Context, HOSTNAME_KEY, Kind, Mutation, POD_LABELS, Rule, RuleSpec, SKIP,
     ZONE_KEY, read,
 };
-use crate::config::ObjectRef;
-use crate::lookups::Lookup;
-use crate::names;
-use crate::object;
-use crate::patch::PatchError;
-use crate::policy::Policy;
-use crate::warnings::Priority;
+use crate::core::config::ObjectRef;
+use crate::core::lookups::Lookup;
+use crate::core::names;
+use crate::core::object;
+use crate::core::patch::PatchError;
+use crate::core::policy::Policy;
+use crate::core::warnings::Priority;
 
 const POD_AFFINITY: [&str; 5] = ["spec", "template", "spec", "affinity", "podAffinity"];
 const TEMPLATE_ANNOTATIONS: [&str; 4] = ["spec", "template", "metadata", "annotations"];
@@ -378,9 +378,9 @@ fn requirements(selector: &Value) -> Option<Vec<(String, String, Vec<String>)>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lookups::{DaemonSetEntry, DaemonSetFacts, InMemory, Lookups, ServiceFacts};
-    use crate::policy::Policy;
-    use crate::rules::test_support::*;
+    use crate::core::lookups::{DaemonSetEntry, DaemonSetFacts, InMemory, Lookups, ServiceFacts};
+    use crate::core::policy::Policy;
+    use crate::core::rules::test_support::*;
 
     fn calls(v: &str) -> Value {
         annotated(deployment(), CALLS, v)

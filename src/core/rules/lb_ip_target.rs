@@ -17,11 +17,11 @@ use serde_json::{Value, json};
 use super::{
     Action, Context, Kind, Mutation, READINESS_GATE_LABEL, Rule, RuleSpec, read, service_type,
 };
-use crate::config::{CrossZone, TargetType};
-use crate::lookups::Lookup;
-use crate::object;
-use crate::patch::PatchError;
-use crate::warnings::Priority;
+use crate::core::config::{CrossZone, TargetType};
+use crate::core::lookups::Lookup;
+use crate::core::object;
+use crate::core::patch::PatchError;
+use crate::core::warnings::Priority;
 
 pub const NLB_TARGET_TYPE: &str = "service.beta.kubernetes.io/aws-load-balancer-nlb-target-type";
 pub const LB_TYPE: &str = "service.beta.kubernetes.io/aws-load-balancer-type";
@@ -193,8 +193,8 @@ fn merge_cross_zone_off(current: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lookups::{InMemory, Lookups};
-    use crate::rules::test_support::*;
+    use crate::core::lookups::{InMemory, Lookups};
+    use crate::core::rules::test_support::*;
 
     fn lb() -> Value {
         with(service(), &["spec", "type"], json!("LoadBalancer"))

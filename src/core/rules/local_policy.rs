@@ -20,11 +20,11 @@ use super::{
     has_topology_annotation, has_topology_setting, is_headless, is_local, read, service_selector,
     service_type,
 };
-use crate::config::LocalPolicyMode;
-use crate::lookups::Lookup;
-use crate::policy::Policy;
-use crate::versions::{PREFER_SAME_NODE, RoutingMode};
-use crate::warnings::Priority;
+use crate::core::config::LocalPolicyMode;
+use crate::core::lookups::Lookup;
+use crate::core::policy::Policy;
+use crate::core::versions::{PREFER_SAME_NODE, RoutingMode};
+use crate::core::warnings::Priority;
 
 pub const SPEC: RuleSpec = RuleSpec {
     rule: Rule::LocalPolicy,
@@ -45,7 +45,11 @@ pub fn check(svc: &Value, old: Option<&Value>, ctx: &Context<'_>, out: &mut Muta
     {
         return Check::Allow;
     }
-    let name = format!("{}/{}", ctx.namespace, crate::object::display_name(svc));
+    let name = format!(
+        "{}/{}",
+        ctx.namespace,
+        crate::core::object::display_name(svc)
+    );
     if has_topology_setting(svc) {
         out.warn(
             Priority::Normal,
@@ -55,7 +59,7 @@ pub fn check(svc: &Value, old: Option<&Value>, ctx: &Context<'_>, out: &mut Muta
             ),
         );
     }
-    if crate::object::annotation(svc, ALLOW_LOCAL).is_some_and(|r| !r.trim().is_empty()) {
+    if crate::core::object::annotation(svc, ALLOW_LOCAL).is_some_and(|r| !r.trim().is_empty()) {
         return Check::Allow;
     }
     let selector = service_selector(svc);
@@ -192,12 +196,12 @@ pub fn deny_message(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::Operation;
-    use crate::lookups::{DaemonSetEntry, DaemonSetFacts, InMemory, Lookups};
-    use crate::policy::Environment;
-    use crate::rules::TOPOLOGY_MODE;
-    use crate::rules::test_support::*;
-    use crate::versions::KubeVersion;
+    use crate::core::admission::Operation;
+    use crate::core::lookups::{DaemonSetEntry, DaemonSetFacts, InMemory, Lookups};
+    use crate::core::policy::Environment;
+    use crate::core::rules::TOPOLOGY_MODE;
+    use crate::core::rules::test_support::*;
+    use crate::core::versions::KubeVersion;
 
     fn local() -> Value {
         with(

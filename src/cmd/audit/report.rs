@@ -24,8 +24,8 @@ use serde_json::value::RawValue;
 
 use super::RuleFinding;
 use super::traffic::{Estimate, Share};
-use crate::admission::Kind;
-use crate::object;
+use crate::core::admission::Kind;
+use crate::core::object;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
@@ -138,8 +138,8 @@ pub fn parse_volumes(text: &str) -> Result<HashMap<(String, String), f64>, Strin
                     .map_err(|_| format!("line {n}: {gb:?} is not a number of GB"))?,
             }
         };
-        if !crate::names::is_dns1123_label(&entry.namespace)
-            || !crate::names::is_dns1035_label(&entry.service)
+        if !crate::core::names::is_dns1123_label(&entry.namespace)
+            || !crate::core::names::is_dns1035_label(&entry.service)
         {
             return Err(format!(
                 "line {n}: {:?}/{:?} is not a namespace and Service name",
@@ -845,7 +845,7 @@ pub fn describe(patch: &Patch) -> String {
         match (tokens.as_slice(), &add.value) {
             (_, Value::Object(o)) if o.is_empty() => {}
             ([m, a, key], Value::String(v)) if m == "metadata" && a == "annotations" => {
-                if key != crate::rules::APPLIED {
+                if key != crate::core::rules::APPLIED {
                     parts.push(format!("set annotation {key}: {v}"));
                 }
             }

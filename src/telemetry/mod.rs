@@ -15,6 +15,8 @@
 //!   through a bounded queue to a writer thread that batches them; if the
 //!   queue is ever full, lines are dropped rather than delaying admission.
 
+pub mod metrics;
+
 use std::fmt::{self, Write as _};
 use std::io::BufWriter;
 

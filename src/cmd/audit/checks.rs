@@ -109,7 +109,7 @@ struct Condition {
 impl Nodes {
     pub fn add(&mut self, node: NodeItem) {
         self.total += 1;
-        let zone = crate::rules::node_zone(&node.metadata.labels).map(str::to_string);
+        let zone = crate::core::rules::node_zone(&node.metadata.labels).map(str::to_string);
         let ready = node.status.as_ref().is_some_and(|s| {
             s.conditions
                 .iter()
@@ -490,7 +490,7 @@ mod tests {
         for (name, zone, ready) in spec {
             let mut labels = json!({});
             if let Some(z) = zone {
-                labels[crate::rules::ZONE_KEY] = json!(z);
+                labels[crate::core::rules::ZONE_KEY] = json!(z);
             }
             n.add(
                 serde_json::from_value(json!({"metadata": {"name": name, "labels": labels},

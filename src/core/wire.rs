@@ -13,8 +13,8 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::admission::{AdmissionRequest, GroupVersionKind, Operation, Outcome, Verdict};
-use crate::sparse::{self, Budget};
+use crate::core::admission::{AdmissionRequest, GroupVersionKind, Operation, Outcome, Verdict};
+use crate::core::sparse::{self, Budget};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
@@ -52,7 +52,7 @@ impl DecodeError {
 /// How much of `object`/`oldObject` to parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Objects {
-    /// Only what the rules read (the admission path; see [`crate::sparse`]).
+    /// Only what the rules read (the admission path; see [`crate::core::sparse`]).
     Sparse,
     /// Everything (`zonewise mutate`, which prints the objects).
     Full,

@@ -3,7 +3,7 @@
 //! calls only, paginated, nothing watched, nothing written.
 //!
 //! Every existing Service, Deployment, StatefulSet and Ingress in scope
-//! goes through the admission pipeline ([`crate::review`]) as if it were
+//! goes through the admission pipeline ([`crate::core::review`]) as if it were
 //! created now, with the cluster's real Services, DaemonSets, namespace
 //! labels, zones and server version as lookups. Each rule runs on its own,
 //! in table order, on the object as the previous rules left it, so every
@@ -25,13 +25,13 @@ use std::path::PathBuf;
 use json_patch::Patch;
 use serde_json::Value;
 
-use crate::admission::{AdmissionRequest, GroupVersionKind, Kind, Operation, Rule, Verdict};
-use crate::config::{Config, ObjectRef};
-use crate::lookups::{DaemonSetFacts, InMemory, Lookup, Lookups, ServiceFacts};
-use crate::object;
-use crate::policy::{Environment, Policy};
-use crate::review::{self, Endpoint, Only};
-use crate::rules::{self, READINESS_GATE_LABEL};
+use crate::core::admission::{AdmissionRequest, GroupVersionKind, Kind, Operation, Rule, Verdict};
+use crate::core::config::{Config, ObjectRef};
+use crate::core::lookups::{DaemonSetFacts, InMemory, Lookup, Lookups, ServiceFacts};
+use crate::core::object;
+use crate::core::policy::{Environment, Policy};
+use crate::core::review::{self, Endpoint, Only};
+use crate::core::rules::{self, READINESS_GATE_LABEL};
 use checks::{Endpoints, Nodes, Routing, ServiceInfo};
 use list::{ListError, Lister};
 pub use report::{Finding, Report, Summary, TrafficOptions, parse_volumes};
@@ -232,7 +232,7 @@ fn routing_of(svc: &Value, after: Option<&Value>) -> (Routing, Routing) {
 async fn collect(
     lister: &mut Lister,
     opts: &AuditOptions,
-    version: crate::versions::KubeVersion,
+    version: crate::core::versions::KubeVersion,
 ) -> Result<Report, AuditError> {
     let mut summary = Summary {
         server_version: version.to_string(),
@@ -550,7 +550,7 @@ fn workload_facts(
     nodes: &Nodes,
     policy: &Policy,
 ) -> traffic::WorkloadFacts {
-    use crate::rules::zone_spread::{Zones, allowed_zones};
+    use crate::core::rules::zone_spread::{Zones, allowed_zones};
     let namespace = object::str_at(obj, &["metadata", "namespace"])
         .unwrap_or("")
         .to_string();
@@ -568,7 +568,7 @@ fn workload_facts(
             .collect()
     });
     let (callees, _) =
-        crate::rules::call_affinity::declared_callees(obj, &namespace, policy, |_| {});
+        crate::core::rules::call_affinity::declared_callees(obj, &namespace, policy, |_| {});
     traffic::WorkloadFacts {
         labels: object::string_map(obj, &["spec", "template", "metadata", "labels"])
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -592,8 +592,8 @@ fn service_facts_of(svc: &Value) -> ServiceFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lookups::NoCluster;
-    use crate::rules::test_support::{deployment, service, with};
+    use crate::core::lookups::NoCluster;
+    use crate::core::rules::test_support::{deployment, service, with};
     use serde_json::json;
 
     #[test]
@@ -697,8 +697,11 @@ mod tests {
             routing_of(&routed, None),
             (Routing::Distribution, Routing::Distribution)
         );
-        let hinted =
-            crate::rules::test_support::annotated(service(), crate::rules::TOPOLOGY_MODE, "Auto");
+        let hinted = crate::core::rules::test_support::annotated(
+            service(),
+            crate::core::rules::TOPOLOGY_MODE,
+            "Auto",
+        );
         assert_eq!(routing_of(&hinted, None).0, Routing::Hints);
         assert_eq!(
             routing_of(&service(), Some(&routed)),

@@ -24,11 +24,11 @@ use super::{
     Action, Context, HOSTNAME_KEY, Kind, LEGACY_ZONE_KEY, Mutation, Rule, RuleSpec, SELECTOR,
     StringMap, ZONE_KEY, read,
 };
-use crate::config::WhenUnsatisfiable;
-use crate::object;
-use crate::patch::PatchError;
-use crate::versions::RoutingMode;
-use crate::warnings::Priority;
+use crate::core::config::WhenUnsatisfiable;
+use crate::core::object;
+use crate::core::patch::PatchError;
+use crate::core::versions::RoutingMode;
+use crate::core::warnings::Priority;
 
 const POD_SPEC: [&str; 3] = ["spec", "template", "spec"];
 const CONSTRAINTS: [&str; 4] = ["spec", "template", "spec", "topologySpreadConstraints"];
@@ -361,7 +361,7 @@ pub fn declared_replicas(w: &Value) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::test_support::*;
+    use crate::core::rules::test_support::*;
 
     fn constraints(v: &Value) -> &Vec<Value> {
         v["spec"]["template"]["spec"]["topologySpreadConstraints"]

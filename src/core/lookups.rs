@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::config::ObjectRef;
+use crate::core::config::ObjectRef;
 
 /// The outcome of one lookup. `Unavailable` is distinct from `NotFound` so a
 /// rule can say *why* it fell back ("no cluster access" vs "not found").

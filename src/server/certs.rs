@@ -158,7 +158,8 @@ pub fn ensure_dev(dir: &Path) -> Result<(Written, bool), CertError> {
     };
     let soon = OffsetDateTime::now_utc().unix_timestamp() + 24 * 3600;
     if existing.ca_cert.exists()
-        && crate::tls::load_pair(&existing.cert, &existing.key).is_ok_and(|p| p.not_after > soon)
+        && crate::server::tls::load_pair(&existing.cert, &existing.key)
+            .is_ok_and(|p| p.not_after > soon)
     {
         return Ok((existing, false));
     }

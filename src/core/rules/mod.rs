@@ -4,7 +4,7 @@
 //! (mutate on CREATE, or check on CREATE and on UPDATE), and every path of
 //! the object it reads, with the k8s-openapi type found there. Everything
 //! else is derived from the table: which parts of an incoming object the
-//! sparse parser keeps ([`crate::sparse`]), what the typed check before the
+//! sparse parser keeps ([`crate::core::sparse`]), what the typed check before the
 //! rules looks at, which rules run for which request. Adding a rule or a
 //! kind is a row here (and in [`KINDS`]), not edits in four places; a test
 //! (`tests/declared_reads.rs`) fails when a rule reads a path it did not
@@ -22,13 +22,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::admission::Operation;
-pub use crate::admission::{Kind, Rule};
-use crate::lookups::Lookups;
-use crate::object;
-use crate::patch::{PatchBuilder, PatchError};
-use crate::policy::Policy;
-use crate::warnings::{Priority, Warnings};
+use crate::core::admission::Operation;
+pub use crate::core::admission::{Kind, Rule};
+use crate::core::lookups::Lookups;
+use crate::core::object;
+use crate::core::patch::{PatchBuilder, PatchError};
+use crate::core::policy::Policy;
+use crate::core::warnings::{Priority, Warnings};
 
 pub mod alb_ip_target;
 pub mod call_affinity;
@@ -383,9 +383,9 @@ const SELECTOR: Read = read::<LabelSelector>(&["spec", "selector"]);
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
-    use crate::config::Config;
-    use crate::lookups::NoCluster;
-    use crate::policy::Environment;
+    use crate::core::config::Config;
+    use crate::core::lookups::NoCluster;
+    use crate::core::policy::Environment;
     use serde_json::json;
 
     /// Runs a mutating rule and returns (patched object, warnings, op count),

@@ -163,7 +163,7 @@ impl Lister {
 
     /// `/version`: the first request, so an unreachable API server is said
     /// to be that, once, with no retries.
-    pub async fn version(&self) -> Result<crate::versions::KubeVersion, ListError> {
+    pub async fn version(&self) -> Result<crate::core::versions::KubeVersion, ListError> {
         let info = self
             .client
             .apiserver_version()
@@ -172,7 +172,7 @@ impl Lister {
                 server: self.server.clone(),
                 detail: short(&e),
             })?;
-        crate::versions::KubeVersion::from_parts(&info.major, &info.minor).ok_or_else(|| {
+        crate::core::versions::KubeVersion::from_parts(&info.major, &info.minor).ok_or_else(|| {
             ListError::Unreachable {
                 server: self.server.clone(),
                 detail: format!("unreadable version {}.{}", info.major, info.minor),

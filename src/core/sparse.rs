@@ -8,7 +8,7 @@
 //! everything else is skipped (still checked as JSON) without allocating.
 //!
 //! The tree is not written by hand: it is the union of the paths declared
-//! in [`crate::rules::RULES`] and [`crate::rules::KINDS`], so a rule that
+//! in [`crate::core::rules::RULES`] and [`crate::core::rules::KINDS`], so a rule that
 //! declares a new read gets it parsed, and nothing else is. Every path a
 //! rule reads or a patch writes is inside a kept subtree, so patches
 //! computed on the sparse object apply to the full one.
@@ -26,8 +26,8 @@ use std::sync::LazyLock;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use crate::admission::{GroupVersionKind, Kind};
-use crate::rules;
+use crate::core::admission::{GroupVersionKind, Kind};
+use crate::core::rules;
 
 /// Which parts of a JSON value to keep.
 #[derive(Debug, PartialEq)]

@@ -30,8 +30,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use serde_json::Value;
 
 use super::checks::{Ep, NodeId, Nodes, OTHER_ZONE, ZoneId};
-use crate::object;
-use crate::rules::{self, TOPOLOGY_HINTS, TOPOLOGY_MODE};
+use crate::core::object;
+use crate::core::rules::{self, TOPOLOGY_HINTS, TOPOLOGY_MODE};
 
 /// The EndpointSlice controller's tolerance before it calls a zone
 /// overloaded (`overloadThreshold`, 20%).
@@ -652,7 +652,7 @@ impl Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::checks::{Endpoints, Nodes};
+    use crate::cmd::audit::checks::{Endpoints, Nodes};
     use serde_json::json;
 
     /// Nodes `(name, zone, cpu)`, all Ready.

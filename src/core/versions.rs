@@ -27,7 +27,40 @@
 
 use std::fmt;
 
-use crate::config::Routing;
+use serde::{Deserialize, Serialize};
+
+/// `service.routing`: how `zone-routing` keeps Service traffic in its zone.
+/// What each value becomes on each Kubernetes version is
+/// [`resolve_routing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum Routing {
+    /// The newest mechanism the API server accepts without a warning.
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    /// `spec.trafficDistribution: PreferClose` (1.31+; a deprecated alias of
+    /// PreferSameZone from 1.35, which then warns).
+    PreferClose,
+    /// `spec.trafficDistribution: PreferSameZone` (1.34+).
+    PreferSameZone,
+    /// `service.kubernetes.io/topology-mode: Auto` (1.27+).
+    #[serde(rename = "annotation")]
+    Annotation,
+    #[serde(rename = "off")]
+    Off,
+}
+
+impl fmt::Display for Routing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Routing::Auto => "auto",
+            Routing::PreferClose => "PreferClose",
+            Routing::PreferSameZone => "PreferSameZone",
+            Routing::Annotation => "annotation",
+            Routing::Off => "off",
+        })
+    }
+}
 
 /// A Kubernetes `major.minor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -177,7 +177,7 @@ pub fn server_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs;
+    use crate::server::certs;
 
     #[test]
     fn pair_loads_and_mismatch_is_rejected() {

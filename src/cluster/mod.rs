@@ -31,12 +31,14 @@ use tokio::sync::Notify;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
-use crate::config::ObjectRef;
-use crate::lookups::{DaemonSetEntry, DaemonSetFacts, InMemory, Lookup, Lookups, ServiceFacts};
-use crate::metrics::{KindLabels, Metrics, ReasonLabels};
-use crate::policy::LivePolicy;
-use crate::rules::READINESS_GATE_LABEL;
-use crate::versions::KubeVersion;
+use crate::core::config::ObjectRef;
+use crate::core::lookups::{
+    DaemonSetEntry, DaemonSetFacts, InMemory, Lookup, Lookups, ServiceFacts,
+};
+use crate::core::rules::READINESS_GATE_LABEL;
+use crate::core::versions::KubeVersion;
+use crate::server::live::LivePolicy;
+use crate::telemetry::metrics::{KindLabels, Metrics, ReasonLabels};
 
 pub const NOT_SYNCED: &str = "cluster cache not synced";
 pub const NOT_WATCHED: &str = "namespace not watched by the cluster cache";
@@ -138,7 +140,7 @@ impl NodeZones {
 
 /// A Node's zone, kept as a small boxed string.
 fn node_zone(labels: Option<&BTreeMap<String, String>>) -> Option<Box<str>> {
-    crate::rules::node_zone(labels?).map(Into::into)
+    crate::core::rules::node_zone(labels?).map(Into::into)
 }
 
 /// The cache: a snapshot plus what is known about its freshness.
@@ -796,8 +798,10 @@ mod tests {
         z.upsert("n1".into(), Some("c".into()));
         assert_eq!(z.zones(), ["c".to_string()].into());
         assert_eq!(z.nodes(), 2);
-        let labels =
-            BTreeMap::from([(crate::rules::LEGACY_ZONE_KEY.to_string(), "old".to_string())]);
+        let labels = BTreeMap::from([(
+            crate::core::rules::LEGACY_ZONE_KEY.to_string(),
+            "old".to_string(),
+        )]);
         assert_eq!(node_zone(Some(&labels)).as_deref(), Some("old"));
     }
 
@@ -891,7 +895,7 @@ mod tests {
     fn metered_counts_fallbacks_by_reason() {
         let metrics = Arc::new(Metrics::default());
         let m = Metered {
-            inner: crate::lookups::NoCluster,
+            inner: crate::core::lookups::NoCluster,
             metrics: metrics.clone(),
         };
         let _ = m.service(&ObjectRef::new("a", "b"));

@@ -2,7 +2,7 @@
 //!
 //! Parsing and validation happen once, at start-up or on reload, so the
 //! admission path only ever sees a policy that is known to be good (see
-//! [`crate::policy`], which combines it with what the cluster says). Every
+//! [`crate::core::policy`], which combines it with what the cluster says). Every
 //! error names the field (`deployment.zoneSpread.maxSkew: ...`) because the
 //! person reading it is editing a ConfigMap, not this code. Start-up,
 //! reload and `check-config` all read a file through [`Config::load`] /
@@ -14,8 +14,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::names;
-use crate::versions::KubeVersion;
+use crate::core::names;
+use crate::core::versions::KubeVersion;
+pub use crate::core::versions::Routing;
 
 /// The YAML document, with every field defaulted.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -65,39 +66,6 @@ pub struct ServiceConfig {
     pub routing: Routing,
     pub local_policy: LocalPolicyMode,
     pub load_balancer: LoadBalancerConfig,
-}
-
-/// `service.routing`: how `zone-routing` keeps Service traffic in its zone.
-/// What each value becomes on each Kubernetes version is
-/// [`crate::versions::resolve_routing`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-pub enum Routing {
-    /// The newest mechanism the API server accepts without a warning.
-    #[default]
-    #[serde(rename = "auto")]
-    Auto,
-    /// `spec.trafficDistribution: PreferClose` (1.31+; a deprecated alias of
-    /// PreferSameZone from 1.35, which then warns).
-    PreferClose,
-    /// `spec.trafficDistribution: PreferSameZone` (1.34+).
-    PreferSameZone,
-    /// `service.kubernetes.io/topology-mode: Auto` (1.27+).
-    #[serde(rename = "annotation")]
-    Annotation,
-    #[serde(rename = "off")]
-    Off,
-}
-
-impl fmt::Display for Routing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Routing::Auto => "auto",
-            Routing::PreferClose => "PreferClose",
-            Routing::PreferSameZone => "PreferSameZone",
-            Routing::Annotation => "annotation",
-            Routing::Off => "off",
-        })
-    }
 }
 
 /// `service.localPolicy`.

@@ -3,19 +3,19 @@
 //!
 //! Shared by the HTTP server, `zonewise mutate` and `zonewise audit`, so
 //! the offline answers are exactly what the cluster would get. Which rules
-//! run comes from the table in [`crate::rules`]; no I/O, clock, logging or
+//! run comes from the table in [`crate::core::rules`]; no I/O, clock, logging or
 //! HTTP here.
 
 use serde_json::{Value, json};
 
-pub use crate::admission::{
+pub use crate::core::admission::{
     AdmissionRequest, GroupVersionKind, Kind, Operation, Outcome, Rule, Verdict,
 };
-use crate::lookups::Lookups;
-use crate::object;
-use crate::policy::Policy;
-use crate::rules::{self, APPLIED, Action, Check, Context, Mutation, SKIP};
-use crate::warnings::{Priority, Warnings};
+use crate::core::lookups::Lookups;
+use crate::core::object;
+use crate::core::policy::Policy;
+use crate::core::rules::{self, APPLIED, Action, Check, Context, Mutation, SKIP};
+use crate::core::warnings::{Priority, Warnings};
 
 /// `/mutate` runs every rule; `/validate` only the checks, for a
 /// ValidatingWebhookConfiguration that sees the object after all mutations.
@@ -83,7 +83,7 @@ pub fn review_only(
                  {} values",
                 req.namespace,
                 req.name,
-                crate::sparse::MAX_VALUES
+                crate::core::sparse::MAX_VALUES
             ),
         );
         return Outcome::skip("object too large", warnings.finish());
@@ -282,10 +282,10 @@ impl Skips {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::lookups::NoCluster;
-    use crate::policy::Environment;
-    use crate::rules::test_support::{annotated, deployment, service, statefulset, with};
+    use crate::core::config::Config;
+    use crate::core::lookups::NoCluster;
+    use crate::core::policy::Environment;
+    use crate::core::rules::test_support::{annotated, deployment, service, statefulset, with};
 
     fn request(kind: GroupVersionKind, op: Operation, obj: Value) -> AdmissionRequest {
         AdmissionRequest {
@@ -532,7 +532,7 @@ mod tests {
             &["spec", "selector"],
             json!({"matchLabels": "web"}),
         );
-        let req = crate::wire::decode(&body(bad)).unwrap();
+        let req = crate::core::wire::decode(&body(bad)).unwrap();
         assert!(!req.complete);
         let out = run(&req);
         assert!(
@@ -546,14 +546,16 @@ mod tests {
             .unwrap()
             .remove("template");
         assert!(
-            run(&crate::wire::decode(&body(no_template)).unwrap())
+            run(&crate::core::wire::decode(&body(no_template)).unwrap())
                 .patch()
                 .is_none()
         );
-        let sparse = run(&crate::wire::decode(&body(deployment())).unwrap());
-        let full = run(
-            &crate::wire::decode_with(&body(deployment()), crate::wire::Objects::Full).unwrap(),
-        );
+        let sparse = run(&crate::core::wire::decode(&body(deployment())).unwrap());
+        let full = run(&crate::core::wire::decode_with(
+            &body(deployment()),
+            crate::core::wire::Objects::Full,
+        )
+        .unwrap());
         assert_eq!(
             serde_json::to_value(sparse.patch()).unwrap(),
             serde_json::to_value(full.patch()).unwrap()

@@ -12,15 +12,15 @@ use std::time::Duration;
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::certs;
-use crate::config::Config;
-use crate::mutate::{self, Output};
-use crate::policy::{Environment, Policy};
+use crate::cmd::mutate::{self, Output};
+use crate::core::config::Config;
+use crate::core::policy::{Environment, Policy};
+use crate::core::versions::KubeVersion;
+use crate::server::certs;
 use crate::server::{
     self, ConnLimits, Exit, Listeners, RequestLimits, ServeOptions, Server, TlsSource,
 };
 use crate::telemetry::{self, LogFormat};
-use crate::versions::KubeVersion;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -540,7 +540,7 @@ fn check_config(args: CheckConfigArgs) -> ExitCode {
 }
 
 fn audit_cmd(args: AuditArgs) -> ExitCode {
-    use crate::audit::{self, AuditOptions, Scope};
+    use crate::cmd::audit::{self, AuditOptions, Scope};
     let config = match &args.config {
         Some(p) => match Config::load(p) {
             Ok(c) => c,
@@ -551,7 +551,7 @@ fn audit_cmd(args: AuditArgs) -> ExitCode {
     if let Some(bad) = args
         .namespaces
         .iter()
-        .find(|n| !crate::names::is_dns1123_label(n))
+        .find(|n| !crate::core::names::is_dns1123_label(n))
     {
         return fail(format!("{bad:?} is not a namespace name"));
     }
