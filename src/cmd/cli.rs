@@ -152,9 +152,20 @@ pub struct ServeArgs {
     /// Worker threads (default: one per core).
     #[arg(long, env = "ZONEWISE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
-    /// Benchmark baseline: read bodies, answer a fixed allowed:true.
+    /// Benchmark baseline: read bodies, answer a fixed allowed:true. Only
+    /// in builds with the `bench-baseline` feature (the load bench's).
+    #[cfg(feature = "bench-baseline")]
     #[arg(long, hide = true)]
     pub noop_baseline: bool,
+}
+
+impl ServeArgs {
+    fn noop_baseline(&self) -> bool {
+        #[cfg(feature = "bench-baseline")]
+        return self.noop_baseline;
+        #[cfg(not(feature = "bench-baseline"))]
+        false
+    }
 }
 
 #[derive(Debug, Args)]
@@ -378,7 +389,7 @@ pub fn serve_options(args: &ServeArgs) -> ServeOptions {
             scope: args.cache_namespaces,
             sync_timeout: args.cache_sync_timeout,
         },
-        noop_baseline: args.noop_baseline,
+        noop_baseline: args.noop_baseline(),
     }
 }
 

@@ -7,7 +7,7 @@
 //! sparse parser keeps ([`crate::core::sparse`]), what the typed check before the
 //! rules looks at, which rules run for which request. Adding a rule or a
 //! kind is a row here (and in [`KINDS`]), not edits in four places; a test
-//! (`tests/declared_reads.rs`) fails when a rule reads a path it did not
+//! (`tests/properties.rs`) fails when a rule reads a path it did not
 //! declare.
 //!
 //! Each rule is a pure function of the raw object, the policy and the
