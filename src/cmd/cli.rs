@@ -634,49 +634,22 @@ pub fn parse_kube_version(s: &str) -> Result<KubeVersion, String> {
     KubeVersion::parse(s).ok_or_else(|| format!("{s:?} is not a Kubernetes version such as 1.33"))
 }
 
-/// `10s`, `500ms`, `2m`, `1h`, or plain seconds.
+/// A duration with its unit: `10s`, `250ms`, `2m`, `1h 30m` (humantime). A
+/// bare number is refused: seconds or milliseconds is a guess not worth
+/// making in a timeout.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {s:?} (ms, s, m, h)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?}: {e} (for example 10s, 250ms, 2m)"))
 }
 
-/// `8MiB`, `512KiB`, `1MB`, `1000`, in bytes.
+/// A size in bytes: `8MiB`, `512KiB`, `1MB`, `128Mi` (as Kubernetes writes
+/// it), or a plain number of bytes (as the downward API gives a limit).
 pub fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: usize = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
-    let mult: usize = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "Ki" => 1 << 10,
-        "MiB" | "Mi" => 1 << 20,
-        "GiB" | "Gi" => 1 << 30,
-        "KB" | "kB" => 1000,
-        "MB" => 1_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {s:?} (B, KiB, MiB, GiB, KB, MB)"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} too large"))
+    let size: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid size {s:?}: {e} (for example 8MiB, 512KiB)"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("size {s:?} too large"))
 }
 
 #[cfg(test)]
@@ -688,10 +661,13 @@ mod tests {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        // A bare number has no unit: refused, not guessed.
+        assert!(parse_duration("10").unwrap_err().contains("invalid duration"));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
         assert_eq!(parse_size("8MiB").unwrap(), 8 * 1024 * 1024);
+        assert_eq!(parse_size("128Mi").unwrap(), 128 * 1024 * 1024);
+        assert_eq!(parse_size("134217728").unwrap(), 128 * 1024 * 1024);
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("lots").is_err());
     }

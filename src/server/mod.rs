@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
@@ -240,29 +241,42 @@ impl AppState {
     }
 }
 
-/// Sends shutdown signals to a running server; the first drains, the second
-/// aborts.
+/// Sends shutdown signals to a running server: the first drains, the
+/// second aborts (as kubert does).
 #[derive(Clone, Debug)]
-pub struct ShutdownTrigger(Arc<watch::Sender<u32>>);
+pub struct ShutdownTrigger {
+    drain: CancellationToken,
+    abort: CancellationToken,
+    /// Set by the first signal, so the second knows it is the second.
+    signalled: Arc<AtomicBool>,
+}
 
 impl ShutdownTrigger {
     pub fn trigger(&self) {
-        self.0.send_modify(|n| *n += 1);
+        if self.signalled.swap(true, Ordering::SeqCst) {
+            self.abort.cancel();
+        } else {
+            self.drain.cancel();
+        }
     }
 }
 
-pub struct ShutdownSignal(watch::Receiver<u32>);
-
-impl ShutdownSignal {
-    /// Resolves once `n` signals have been sent (or every trigger is gone).
-    async fn nth(&mut self, n: u32) {
-        let _ = self.0.wait_for(|count| *count >= n).await;
-    }
+/// What the server waits on: the drain and abort tokens.
+pub struct ShutdownSignal {
+    drain: CancellationToken,
+    abort: CancellationToken,
 }
 
 pub fn shutdown_channel() -> (ShutdownTrigger, ShutdownSignal) {
-    let (tx, rx) = watch::channel(0);
-    (ShutdownTrigger(Arc::new(tx)), ShutdownSignal(rx))
+    let (drain, abort) = (CancellationToken::new(), CancellationToken::new());
+    (
+        ShutdownTrigger {
+            drain: drain.clone(),
+            abort: abort.clone(),
+            signalled: Arc::new(AtomicBool::new(false)),
+        },
+        ShutdownSignal { drain, abort },
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,7 +443,7 @@ impl Server {
     pub async fn run(
         self,
         listeners: Listeners,
-        mut shutdown: ShutdownSignal,
+        shutdown: ShutdownSignal,
     ) -> anyhow::Result<Exit> {
         let state = self.state.clone();
         let health = state.health.clone();
@@ -485,7 +499,7 @@ impl Server {
         ));
         info!(%addr, %metrics_addr, routing = %state.policy.load().routing.mode, "listening");
 
-        shutdown.nth(1).await;
+        shutdown.drain.cancelled().await;
         let grace = self.opts.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
         info!(drain_delay = ?self.opts.drain_delay, ?grace, "shutdown signal: draining");
@@ -493,7 +507,7 @@ impl Server {
         phase_tx.send_replace(Phase::Draining);
         tokio::select! {
             _ = tokio::time::sleep(self.opts.drain_delay.min(grace)) => {}
-            _ = shutdown.nth(2) => return Ok(Exit::Aborted),
+            _ = shutdown.abort.cancelled() => return Ok(Exit::Aborted),
         }
         phase_tx.send_replace(Phase::Stopping);
         let tracker = accept.await.context("accept loop")?;
@@ -502,7 +516,7 @@ impl Server {
             _ = tokio::time::sleep_until(deadline) => {
                 warn!(open = tracker.len(), "grace period over; closing remaining connections");
             }
-            _ = shutdown.nth(2) => return Ok(Exit::Aborted),
+            _ = shutdown.abort.cancelled() => return Ok(Exit::Aborted),
         }
         background.abort_all();
         Ok(Exit::Clean)

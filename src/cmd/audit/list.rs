@@ -7,38 +7,71 @@
 
 use std::fmt::Write as _;
 
-use http::{Request, StatusCode};
+use http::StatusCode;
+use k8s_openapi::api::{apps, core, discovery, networking};
 use kube::Client;
+use kube::core::Request;
+use kube::core::params::ListParams;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// A listable resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A listable resource: its API coordinates, all read off its k8s-openapi
+/// type, so no group, version or plural is written twice.
+#[derive(Debug, Clone, Copy)]
 pub struct Resource {
     pub group: &'static str,
     pub version: &'static str,
     pub plural: &'static str,
     pub namespaced: bool,
+    /// The collection's path, in a namespace or everywhere.
+    path: fn(Option<&str>) -> String,
 }
 
-pub const NAMESPACES: Resource = core("namespaces", false);
-pub const NODES: Resource = core("nodes", false);
-pub const SERVICES: Resource = core("services", true);
-pub const DAEMONSETS: Resource = apps("daemonsets");
-pub const DEPLOYMENTS: Resource = apps("deployments");
-pub const STATEFULSETS: Resource = apps("statefulsets");
-pub const INGRESSES: Resource = Resource {
-    group: "networking.k8s.io",
-    version: "v1",
-    plural: "ingresses",
-    namespaced: true,
-};
-pub const ENDPOINT_SLICES: Resource = Resource {
-    group: "discovery.k8s.io",
-    version: "v1",
-    plural: "endpointslices",
-    namespaced: true,
-};
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        (self.group, self.version, self.plural) == (other.group, other.version, other.plural)
+    }
+}
+
+/// Whether a k8s-openapi scope type is namespaced.
+trait Scoped {
+    const NAMESPACED: bool;
+}
+
+impl Scoped for k8s_openapi::NamespaceResourceScope {
+    const NAMESPACED: bool = true;
+}
+
+impl Scoped for k8s_openapi::ClusterResourceScope {
+    const NAMESPACED: bool = false;
+}
+
+const fn of<K>() -> Resource
+where
+    K: k8s_openapi::Resource + kube::Resource<DynamicType = ()>,
+    <K as k8s_openapi::Resource>::Scope: Scoped,
+{
+    Resource {
+        group: <K as k8s_openapi::Resource>::GROUP,
+        version: <K as k8s_openapi::Resource>::VERSION,
+        plural: <K as k8s_openapi::Resource>::URL_PATH_SEGMENT,
+        namespaced: <<K as k8s_openapi::Resource>::Scope as Scoped>::NAMESPACED,
+        path: path_of::<K>,
+    }
+}
+
+fn path_of<K: kube::Resource<DynamicType = ()>>(namespace: Option<&str>) -> String {
+    K::url_path(&(), namespace)
+}
+
+pub const NAMESPACES: Resource = of::<core::v1::Namespace>();
+pub const NODES: Resource = of::<core::v1::Node>();
+pub const SERVICES: Resource = of::<core::v1::Service>();
+pub const DAEMONSETS: Resource = of::<apps::v1::DaemonSet>();
+pub const DEPLOYMENTS: Resource = of::<apps::v1::Deployment>();
+pub const STATEFULSETS: Resource = of::<apps::v1::StatefulSet>();
+pub const INGRESSES: Resource = of::<networking::v1::Ingress>();
+pub const ENDPOINT_SLICES: Resource = of::<discovery::v1::EndpointSlice>();
 
 /// Everything the audit lists (and the ClusterRole in
 /// `deploy/components/audit-reader` grants, checked by a test).
@@ -53,24 +86,6 @@ pub const RESOURCES: [Resource; 8] = [
     INGRESSES,
 ];
 
-const fn core(plural: &'static str, namespaced: bool) -> Resource {
-    Resource {
-        group: "",
-        version: "v1",
-        plural,
-        namespaced,
-    }
-}
-
-const fn apps(plural: &'static str) -> Resource {
-    Resource {
-        group: "apps",
-        version: "v1",
-        plural,
-        namespaced: true,
-    }
-}
-
 impl Resource {
     /// `deployments.apps`, as RBAC and kubectl name it.
     pub fn qualified(&self) -> String {
@@ -82,15 +97,7 @@ impl Resource {
     }
 
     fn path(&self, namespace: Option<&str>) -> String {
-        let base = if self.group.is_empty() {
-            format!("/api/{}", self.version)
-        } else {
-            format!("/apis/{}/{}", self.group, self.version)
-        };
-        match namespace {
-            Some(ns) if self.namespaced => format!("{base}/namespaces/{ns}/{}", self.plural),
-            _ => format!("{base}/{}", self.plural),
-        }
+        (self.path)(namespace.filter(|_| self.namespaced))
     }
 }
 
@@ -195,18 +202,16 @@ impl Lister {
             _ if res.namespaced => "in all namespaces (cluster-wide)".to_string(),
             _ => "(cluster-scoped)".to_string(),
         };
-        let mut continue_token: Option<String> = None;
+        let collection = Request::new(res.path(namespace));
+        let mut params = ListParams {
+            label_selector: label_selector.map(str::to_string),
+            limit: Some(self.page_size),
+            ..ListParams::default()
+        };
         let (mut pages, mut count) = (0, 0);
         loop {
-            let mut uri = format!("{}?limit={}", res.path(namespace), self.page_size);
-            if let Some(sel) = label_selector {
-                let _ = write!(uri, "&labelSelector={}", encode(sel));
-            }
-            if let Some(token) = &continue_token {
-                let _ = write!(uri, "&continue={}", encode(token));
-            }
-            let request = Request::get(uri)
-                .body(Vec::new())
+            let request = collection
+                .list(&params)
                 .map_err(|e| self.failed(res, &scope, pages, e.to_string()))?;
             let text = match self.client.request_text(request).await {
                 Ok(t) => t,
@@ -228,7 +233,7 @@ impl Lister {
             count += page.items.len();
             (self.on_page)(res, count);
             match page.metadata.continue_token.filter(|t| !t.is_empty()) {
-                Some(t) => continue_token = Some(t),
+                Some(t) => params.continue_token = Some(t),
                 None => return Ok(count),
             }
         }
@@ -255,19 +260,6 @@ fn short(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Percent-encodes a query value (label selectors, continue tokens).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,14 +272,28 @@ mod tests {
         );
         assert_eq!(SERVICES.path(None), "/api/v1/services");
         assert_eq!(NODES.path(Some("shop")), "/api/v1/nodes", "cluster-scoped");
+        const { assert!(!NODES.namespaced && SERVICES.namespaced) };
         assert_eq!(
             ENDPOINT_SLICES.qualified(),
             "endpointslices.discovery.k8s.io"
         );
-        assert_eq!(
-            encode("zonewise.io/enabled=true"),
-            "zonewise.io%2Fenabled%3Dtrue"
-        );
-        assert_eq!(encode("eyJ2Ijoi+/="), "eyJ2Ijoi%2B%2F%3D");
+        assert_eq!(INGRESSES.qualified(), "ingresses.networking.k8s.io");
+    }
+
+    #[test]
+    fn list_urls_carry_paging_and_selectors_escaped() {
+        let params = ListParams {
+            label_selector: Some("zonewise.io/enabled=true".into()),
+            limit: Some(500),
+            continue_token: Some("eyJ2Ijoi+/=".into()),
+            ..ListParams::default()
+        };
+        let req = Request::new(NAMESPACES.path(None)).list(&params).unwrap();
+        let uri = req.uri().to_string();
+        assert!(uri.starts_with("/api/v1/namespaces?"), "{uri}");
+        assert!(uri.contains("limit=500"), "{uri}");
+        assert!(uri.contains("labelSelector=zonewise.io%2Fenabled%3Dtrue"), "{uri}");
+        assert!(uri.contains("continue=eyJ2Ijoi%2B%2F%3D"), "{uri}");
+        assert_eq!(req.method(), http::Method::GET);
     }
 }
