@@ -46,8 +46,9 @@ pub const NOT_WATCHED: &str = "namespace not watched by the cluster cache";
 /// namespaceSelector).
 pub const ENABLED_LABEL: &str = "zonewise.io/enabled";
 
-/// Which namespaces the cache watches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// Which namespaces zonewise reads: what the cache watches, and what the
+/// audit lists.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Scope {
     /// Every namespace (callees may live anywhere).
     #[default]
@@ -55,34 +56,85 @@ pub enum Scope {
     /// Only namespaces labelled `zonewise.io/enabled=true` (needs
     /// `list`/`watch` on namespaces in the ClusterRole).
     Labelled,
+    /// These namespaces.
+    Only(Vec<String>),
 }
 
-/// A kube client from `--kubeconfig`, or from the in-cluster service
-/// account when running in a pod; `None` means no cluster access (the
-/// laptop, tests), and the lookups fall back to config.
-pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Option<Client>> {
-    let config = match kubeconfig {
+/// Where a kube client comes from: `--kubeconfig` and `--context` when
+/// given, else the default kubeconfig (`$KUBECONFIG`, `~/.kube/config`),
+/// else the pod's service account. The one builder for every command.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSource<'a> {
+    pub kubeconfig: Option<&'a Path>,
+    pub context: Option<&'a str>,
+    /// Try the default kubeconfig when no file is named (the audit, run by
+    /// a person). The server does not: without `--kubeconfig` it uses its
+    /// service account or runs without the cache.
+    pub default_kubeconfig: bool,
+}
+
+/// Why no client could be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientError(String);
+
+/// A client and the server URL it talks to; `None` when nothing says where
+/// a cluster is (no file named, no default one wanted, not in a pod).
+pub async fn client(src: &ClientSource<'_>) -> Result<Option<(Client, String)>, ClientError> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions {
+        context: src.context.map(str::to_string),
+        ..KubeConfigOptions::default()
+    };
+    let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let config = match src.kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            let err = |e: &dyn std::fmt::Display| {
+                ClientError(format!("kubeconfig {}: {e}", path.display()))
+            };
+            let kc = Kubeconfig::read_from(path).map_err(|e| err(&e))?;
+            kube::Config::from_custom_kubeconfig(kc, &options)
                 .await
-                .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?
+                .map_err(|e| err(&e))?
         }
-        // In a pod: the service account. A broken one is not fatal; the
-        // webhook works without the cache, and says so in its warnings.
-        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
-            match kube::Config::incluster() {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "in-cluster configuration unusable; running without the cluster cache");
-                    return Ok(None);
-                }
-            }
-        }
+        None if src.default_kubeconfig => match kube::Config::from_kubeconfig(&options).await {
+            Ok(c) => c,
+            Err(kubeconfig) if src.context.is_none() => kube::Config::incluster().map_err(|e| {
+                ClientError(format!(
+                    "no usable kubeconfig ({kubeconfig}) and not in a cluster ({e}); pass \
+                     --kubeconfig"
+                ))
+            })?,
+            Err(e) => return Err(ClientError(format!("kubeconfig: {e}"))),
+        },
+        None if in_pod => kube::Config::incluster()
+            .map_err(|e| ClientError(format!("in-cluster configuration: {e}")))?,
         None => return Ok(None),
     };
-    Ok(Some(Client::try_from(config)?))
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config)
+        .map_err(|e| ClientError(format!("cannot build a client for {server}: {e}")))?;
+    Ok(Some((client, server)))
+}
+
+/// The server's client: from `--kubeconfig`, or from the in-cluster service
+/// account when running in a pod; `None` means no cluster access (the
+/// laptop, tests), and the lookups fall back to config. A broken service
+/// account is not fatal: the webhook works without the cache, and says so
+/// in its warnings.
+pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Option<Client>> {
+    let src = ClientSource {
+        kubeconfig,
+        ..ClientSource::default()
+    };
+    match client(&src).await {
+        Ok(c) => Ok(c.map(|(client, _)| client)),
+        Err(e) if kubeconfig.is_none() => {
+            warn!(error = %e, "in-cluster configuration unusable; running without the cluster cache");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The API server's `major.minor`. Managed offerings report minors such as
@@ -152,8 +204,8 @@ pub struct ClusterCache {
     policy: Mutex<Option<Arc<LivePolicy>>>,
     /// `(kind, scope)` pairs whose initial list has completed.
     synced: Mutex<HashSet<(&'static str, Option<String>)>>,
-    /// Labelled mode: the namespaces currently watched; `None` until the
-    /// namespace list is in.
+    /// Labelled and Only: the namespaces currently watched; `None` until
+    /// the namespace list is in.
     watched: RwLock<Option<HashSet<String>>>,
     sync_changed: Notify,
     metrics: Arc<Metrics>,
@@ -182,13 +234,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ClusterCache {
     pub fn new(scope: Scope, metrics: Arc<Metrics>) -> Arc<ClusterCache> {
+        let watched = match &scope {
+            Scope::Only(nss) => Some(nss.iter().cloned().collect()),
+            Scope::All | Scope::Labelled => None,
+        };
         Arc::new(ClusterCache {
             scope,
             state: RwLock::new(InMemory::default()),
             nodes: RwLock::new(NodeZones::default()),
             policy: Mutex::new(None),
             synced: Mutex::new(HashSet::new()),
-            watched: RwLock::new(None),
+            watched: RwLock::new(watched),
             sync_changed: Notify::new(),
             metrics,
         })
@@ -223,7 +279,7 @@ impl ClusterCache {
                 Scope::All => {
                     synced.contains(&(SERVICE, None)) && synced.contains(&(DAEMONSET, None))
                 }
-                Scope::Labelled => match &*read(&self.watched) {
+                Scope::Labelled | Scope::Only(_) => match &*read(&self.watched) {
                     None => false,
                     Some(nss) => nss.iter().all(|ns| {
                         synced.contains(&(SERVICE, Some(ns.clone())))
@@ -249,7 +305,7 @@ impl ClusterCache {
         let scope = match self.scope {
             _ if kind == GATE => None,
             Scope::All => None,
-            Scope::Labelled => {
+            Scope::Labelled | Scope::Only(_) => {
                 match &*read(&self.watched) {
                     None => return Err(NOT_SYNCED),
                     Some(nss) if !nss.contains(ns) => return Err(NOT_WATCHED),
@@ -435,11 +491,11 @@ impl Watched for Service {
 
     fn entry(&self) -> Self::Entry {
         let spec = self.spec.as_ref();
-        let selector = spec
-            .and_then(|s| s.selector.clone())
-            .filter(|s| !s.is_empty());
-        let local = spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local");
-        (object_ref(self), ServiceFacts { selector, local })
+        let facts = ServiceFacts::new(
+            spec.and_then(|s| s.selector.clone()),
+            spec.and_then(|s| s.internal_traffic_policy.as_deref()),
+        );
+        (object_ref(self), facts)
     }
 
     fn replace(cache: &ClusterCache, scope: Option<&str>, entries: Vec<Self::Entry>) {
@@ -664,8 +720,39 @@ pub fn start(
             )));
         }
         Scope::Labelled => tasks.push(tokio::spawn(watch_namespaces(client, cache, reconnected))),
+        Scope::Only(ref nss) => {
+            let mut handles: Vec<AbortOnDropHandle<()>> =
+                tasks.into_iter().map(AbortOnDropHandle::new).collect();
+            for ns in nss {
+                handles.extend(watch_namespace(&client, ns, &cache, &reconnected));
+            }
+            return handles;
+        }
     }
     tasks.into_iter().map(AbortOnDropHandle::new).collect()
+}
+
+/// A Service and a DaemonSet watch in one namespace.
+fn watch_namespace(
+    client: &Client,
+    ns: &str,
+    cache: &Arc<ClusterCache>,
+    reconnected: &Arc<Notify>,
+) -> [AbortOnDropHandle<()>; 2] {
+    [
+        AbortOnDropHandle::new(tokio::spawn(watch(
+            watch_all(Api::<Service>::namespaced(client.clone(), ns)),
+            Some(ns.to_string()),
+            cache.clone(),
+            reconnected.clone(),
+        ))),
+        AbortOnDropHandle::new(tokio::spawn(watch(
+            watch_all(Api::<DaemonSet>::namespaced(client.clone(), ns)),
+            Some(ns.to_string()),
+            cache.clone(),
+            reconnected.clone(),
+        ))),
+    ]
 }
 
 /// Labelled mode: follows the set of opted-in namespaces and runs a Service
@@ -716,20 +803,7 @@ async fn watch_namespaces(client: Client, cache: Arc<ClusterCache>, reconnected:
         for ns in &current {
             running.entry(ns.clone()).or_insert_with(|| {
                 info!(namespace = %ns, "watching opted-in namespace");
-                [
-                    AbortOnDropHandle::new(tokio::spawn(watch(
-                        watch_all(Api::<Service>::namespaced(client.clone(), ns)),
-                        Some(ns.clone()),
-                        cache.clone(),
-                        reconnected.clone(),
-                    ))),
-                    AbortOnDropHandle::new(tokio::spawn(watch(
-                        watch_all(Api::<DaemonSet>::namespaced(client.clone(), ns)),
-                        Some(ns.clone()),
-                        cache.clone(),
-                        reconnected.clone(),
-                    ))),
-                ]
+                watch_namespace(&client, ns, &cache, &reconnected)
             });
         }
         let gone: Vec<String> = running
@@ -889,6 +963,36 @@ mod tests {
         assert!(cache.all_synced());
         // The gate namespaces are known cluster-wide, watched or not.
         assert_eq!(cache.readiness_gate("billing"), Lookup::Found(false));
+    }
+
+    /// A fixed list of namespaces: known from the start, the others
+    /// unwatched, synced once each listed namespace's watches have listed.
+    #[test]
+    fn only_scope_watches_exactly_its_namespaces() {
+        let cache = ClusterCache::new(
+            Scope::Only(vec!["shop".into(), "billing".into()]),
+            Arc::new(Metrics::default()),
+        );
+        assert_eq!(
+            cache.service(&ObjectRef::new("other", "x")),
+            Lookup::Unavailable(NOT_WATCHED)
+        );
+        assert_eq!(
+            cache.service(&ObjectRef::new("shop", "x")),
+            Lookup::Unavailable(NOT_SYNCED)
+        );
+        cache.mark_synced(NODE, None);
+        cache.mark_synced(GATE, None);
+        for ns in ["shop", "billing"] {
+            assert!(!cache.all_synced(), "{ns}");
+            cache.mark_synced(SERVICE, Some(ns.into()));
+            cache.mark_synced(DAEMONSET, Some(ns.into()));
+        }
+        assert!(cache.all_synced());
+        assert_eq!(
+            cache.service(&ObjectRef::new("billing", "x")),
+            Lookup::NotFound
+        );
     }
 
     #[test]

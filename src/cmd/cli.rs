@@ -102,7 +102,7 @@ pub struct ServeArgs {
         value_enum,
         default_value = "all"
     )]
-    pub cache_namespaces: crate::cluster::Scope,
+    pub cache_namespaces: CacheNamespaces,
     /// Longest wait for the cache's initial lists before serving degraded.
     #[arg(long, env = "ZONEWISE_CACHE_SYNC_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub cache_sync_timeout: Duration,
@@ -255,6 +255,25 @@ pub enum AuditOutput {
     Patch,
 }
 
+/// `--cache-namespaces`: the two scopes a server watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum CacheNamespaces {
+    /// Every namespace (callees may live anywhere).
+    #[default]
+    All,
+    /// Only namespaces labelled zonewise.io/enabled=true.
+    Labelled,
+}
+
+impl From<CacheNamespaces> for crate::cluster::Scope {
+    fn from(c: CacheNamespaces) -> Self {
+        match c {
+            CacheNamespaces::All => crate::cluster::Scope::All,
+            CacheNamespaces::Labelled => crate::cluster::Scope::Labelled,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CacheMode {
     Auto,
@@ -386,7 +405,7 @@ pub fn serve_options(args: &ServeArgs) -> ServeOptions {
         cluster: server::ClusterOptions {
             enabled: args.cluster_cache == CacheMode::Auto,
             kubeconfig: args.kubeconfig.clone(),
-            scope: args.cache_namespaces,
+            scope: args.cache_namespaces.into(),
             sync_timeout: args.cache_sync_timeout,
         },
         noop_baseline: args.noop_baseline(),
@@ -663,7 +682,11 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         // A bare number has no unit: refused, not guessed.
-        assert!(parse_duration("10").unwrap_err().contains("invalid duration"));
+        assert!(
+            parse_duration("10")
+                .unwrap_err()
+                .contains("invalid duration")
+        );
         assert!(parse_duration("soon").is_err());
         assert_eq!(parse_size("8MiB").unwrap(), 8 * 1024 * 1024);
         assert_eq!(parse_size("128Mi").unwrap(), 128 * 1024 * 1024);

@@ -27,6 +27,22 @@ pub struct ServiceFacts {
     pub local: bool,
 }
 
+impl ServiceFacts {
+    /// The facts from a Service's `spec.selector` and
+    /// `spec.internalTrafficPolicy`, however the Service was read (typed by
+    /// the cache's watch, raw JSON by the audit): an empty selector is no
+    /// selector.
+    pub fn new(
+        selector: Option<BTreeMap<String, String>>,
+        internal_traffic_policy: Option<&str>,
+    ) -> ServiceFacts {
+        ServiceFacts {
+            selector: selector.filter(|s| !s.is_empty()),
+            local: internal_traffic_policy == Some("Local"),
+        }
+    }
+}
+
 /// What the rules need to know about a DaemonSet that backs a Service.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DaemonSetFacts {

@@ -22,8 +22,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tokio_util::sync::CancellationToken;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cluster::{self, ClusterCache, Metered, Scope};
@@ -389,7 +389,7 @@ impl Server {
 
         let (lookups, cluster): (Arc<dyn Lookups>, _) = match client {
             Some(client) => {
-                let cache = ClusterCache::new(opts.cluster.scope, metrics.clone());
+                let cache = ClusterCache::new(opts.cluster.scope.clone(), metrics.clone());
                 let lookups = Arc::new(Metered {
                     inner: cache.clone(),
                     metrics: metrics.clone(),
@@ -440,11 +440,7 @@ impl Server {
         self.reload.clone()
     }
 
-    pub async fn run(
-        self,
-        listeners: Listeners,
-        shutdown: ShutdownSignal,
-    ) -> anyhow::Result<Exit> {
+    pub async fn run(self, listeners: Listeners, shutdown: ShutdownSignal) -> anyhow::Result<Exit> {
         let state = self.state.clone();
         let health = state.health.clone();
         let metrics = state.metrics.clone();

@@ -292,7 +292,10 @@ mod tests {
         let uri = req.uri().to_string();
         assert!(uri.starts_with("/api/v1/namespaces?"), "{uri}");
         assert!(uri.contains("limit=500"), "{uri}");
-        assert!(uri.contains("labelSelector=zonewise.io%2Fenabled%3Dtrue"), "{uri}");
+        assert!(
+            uri.contains("labelSelector=zonewise.io%2Fenabled%3Dtrue"),
+            "{uri}"
+        );
         assert!(uri.contains("continue=eyJ2Ijoi%2B%2F%3D"), "{uri}");
         assert_eq!(req.method(), http::Method::GET);
     }

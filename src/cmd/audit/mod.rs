@@ -19,7 +19,7 @@ pub mod list;
 pub mod report;
 pub mod traffic;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use json_patch::Patch;
@@ -36,20 +36,7 @@ use checks::{Endpoints, Nodes, Routing, ServiceInfo};
 use list::{ListError, Lister};
 pub use report::{Finding, Report, Summary, TrafficOptions, parse_volumes};
 
-/// The label that opts a namespace in.
-pub const ENABLED_LABEL: &str = "zonewise.io/enabled";
-
-/// Which namespaces the audit looks at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    /// Namespaces labelled `zonewise.io/enabled=true` (the default: what
-    /// the webhook acts on).
-    Labelled,
-    /// These namespaces.
-    Only(Vec<String>),
-    /// Every namespace.
-    All,
-}
+pub use crate::cluster::{ENABLED_LABEL, Scope};
 
 #[derive(Debug, Clone)]
 pub struct AuditOptions {
@@ -78,36 +65,15 @@ pub enum AuditError {
 /// A kube client from `--kubeconfig`/`--context`, the default kubeconfig,
 /// or the pod's service account, and the server it talks to.
 async fn client(opts: &AuditOptions) -> Result<(kube::Client, String), AuditError> {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    let options = KubeConfigOptions {
-        context: opts.context.clone(),
-        ..KubeConfigOptions::default()
+    let src = crate::cluster::ClientSource {
+        kubeconfig: opts.kubeconfig.as_deref(),
+        context: opts.context.as_deref(),
+        default_kubeconfig: true,
     };
-    let config = match &opts.kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .map_err(|e| AuditError::Setup(format!("kubeconfig {}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(kc, &options)
-                .await
-                .map_err(|e| AuditError::Setup(format!("kubeconfig {}: {e}", path.display())))?
-        }
-        None => match kube::Config::from_kubeconfig(&options).await {
-            Ok(c) => c,
-            Err(kubeconfig) if opts.context.is_none() => {
-                kube::Config::incluster().map_err(|e| {
-                    AuditError::Setup(format!(
-                        "no usable kubeconfig ({kubeconfig}) and not in a cluster ({e}); \
-                     pass --kubeconfig"
-                    ))
-                })?
-            }
-            Err(e) => return Err(AuditError::Setup(format!("kubeconfig: {e}"))),
-        },
-    };
-    let server = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config)
-        .map_err(|e| AuditError::Setup(format!("cannot build a client for {server}: {e}")))?;
-    Ok((client, server))
+    crate::cluster::client(&src)
+        .await
+        .map_err(|e| AuditError::Setup(e.to_string()))?
+        .ok_or_else(|| AuditError::Setup("no cluster to audit; pass --kubeconfig".into()))
 }
 
 /// Runs the audit against the cluster.
@@ -580,13 +546,14 @@ fn workload_facts(
 }
 
 fn service_facts_of(svc: &Value) -> ServiceFacts {
-    let selector: BTreeMap<String, String> = object::string_map(svc, &["spec", "selector"])
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    ServiceFacts {
-        selector: (!selector.is_empty()).then_some(selector),
-        local: rules::is_local(svc),
-    }
+    ServiceFacts::new(
+        Some(
+            object::string_map(svc, &["spec", "selector"])
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        object::str_at(svc, &["spec", "internalTrafficPolicy"]),
+    )
 }
 
 #[cfg(test)]
