@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use base64::Engine;
+use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::cmd::mutate::{self, Output};
@@ -79,73 +80,12 @@ pub struct ServeArgs {
         default_value = "pretty"
     )]
     pub log_format: LogFormat,
-    /// Kubeconfig for the cluster cache (in-cluster config is detected).
-    #[arg(long, env = "ZONEWISE_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The API server version (e.g. 1.33) when there is no cluster access;
-    /// the cluster's own version wins when there is.
-    #[arg(long, env = "ZONEWISE_KUBE_VERSION", value_parser = parse_kube_version)]
-    pub kube_version: Option<KubeVersion>,
-    /// Use the cluster cache when there is cluster access (`auto`), or never.
-    #[arg(
-        long,
-        env = "ZONEWISE_CLUSTER_CACHE",
-        value_enum,
-        default_value = "auto"
-    )]
-    pub cluster_cache: CacheMode,
-    /// Namespaces the cache watches: `all`, or `labelled`
-    /// (zonewise.io/enabled=true; needs list/watch on namespaces).
-    #[arg(
-        long,
-        env = "ZONEWISE_CACHE_NAMESPACES",
-        value_enum,
-        default_value = "all"
-    )]
-    pub cache_namespaces: CacheNamespaces,
-    /// Longest wait for the cache's initial lists before serving degraded.
-    #[arg(long, env = "ZONEWISE_CACHE_SYNC_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub cache_sync_timeout: Duration,
-    /// Longest time from SIGTERM to exit.
-    #[arg(long, env = "ZONEWISE_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
-    /// Time to keep serving after SIGTERM, with readiness false.
-    #[arg(long, env = "ZONEWISE_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
-    pub drain_delay: Duration,
-    /// Largest request body accepted (e.g. 8MiB).
-    #[arg(long, env = "ZONEWISE_MAX_BODY_BYTES", default_value = "8MiB", value_parser = parse_size)]
-    pub max_body_bytes: usize,
-    /// Time allowed to receive a request body.
-    #[arg(long, env = "ZONEWISE_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
-    /// Time allowed for request headers once the first byte arrived.
-    #[arg(long, env = "ZONEWISE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub header_read_timeout: Duration,
-    /// How long an idle keep-alive connection is kept (longer than the API
-    /// server's 90 s, so the client closes first).
-    #[arg(long, env = "ZONEWISE_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
-    #[arg(long, env = "ZONEWISE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub tls_handshake_timeout: Duration,
-    /// A client that stops reading its responses is cut off after this.
-    #[arg(long, env = "ZONEWISE_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    pub write_timeout: Duration,
-    /// Open TLS connections at most; further ones are closed on accept.
-    /// Default: sized from the memory limit (about 900 at 128 MiB).
-    #[arg(long, env = "ZONEWISE_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// The memory this process may use, which sizes the defaults of
-    /// --max-connections and --max-inflight-bytes. Default: the cgroup's
-    /// limit, if any (set it from the pod's limits.memory otherwise).
-    #[arg(long, env = "ZONEWISE_MEMORY_LIMIT", value_parser = parse_size)]
-    pub memory_limit: Option<usize>,
-    /// Request body bytes held at once over all connections; beyond it, 503
-    /// with Retry-After. Default: a quarter of the memory limit.
-    #[arg(long, env = "ZONEWISE_MAX_INFLIGHT_BYTES", value_parser = parse_size)]
-    pub max_inflight_bytes: Option<usize>,
-    /// How often the certificate and config files are checked for changes.
-    #[arg(long, env = "ZONEWISE_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
-    pub reload_interval: Duration,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Where the development certificate is kept when no --tls-cert is given.
     #[arg(long, env = "ZONEWISE_DEV_CERT_DIR", default_value = "certs/dev")]
     pub dev_cert_dir: PathBuf,
@@ -185,6 +125,114 @@ pub struct MutateArgs {
     /// config's kubernetesVersion, else PreferClose routing.
     #[arg(long, value_parser = parse_kube_version)]
     pub kube_version: Option<KubeVersion>,
+}
+
+// Flag groups. Each default is the server's own (`ServeOptions::default()`
+// and the limits' `Default`s), so it is declared once, there.
+
+fn defaults() -> ServeOptions {
+    ServeOptions::default()
+}
+
+fn human(d: Duration) -> humantime::Duration {
+    d.into()
+}
+
+fn bytes(n: usize) -> ByteSize {
+    ByteSize::b(n as u64)
+}
+
+/// Cluster access for the cache.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// Kubeconfig for the cluster cache (in-cluster config is detected).
+    #[arg(long, env = "ZONEWISE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The API server version (e.g. 1.33) when there is no cluster access;
+    /// the cluster's own version wins when there is.
+    #[arg(long, env = "ZONEWISE_KUBE_VERSION", value_parser = parse_kube_version)]
+    pub kube_version: Option<KubeVersion>,
+    /// Use the cluster cache when there is cluster access (`auto`), or never.
+    #[arg(
+        long,
+        env = "ZONEWISE_CLUSTER_CACHE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub cluster_cache: CacheMode,
+    /// Namespaces the cache watches: `all`, or `labelled`
+    /// (zonewise.io/enabled=true; needs list/watch on namespaces).
+    #[arg(
+        long,
+        env = "ZONEWISE_CACHE_NAMESPACES",
+        value_enum,
+        default_value = "all"
+    )]
+    pub cache_namespaces: CacheNamespaces,
+    /// Longest wait for the cache's initial lists before serving degraded.
+    #[arg(long, env = "ZONEWISE_CACHE_SYNC_TIMEOUT", value_parser = parse_duration,
+          default_value_t = human(defaults().cluster.sync_timeout))]
+    pub cache_sync_timeout: humantime::Duration,
+}
+
+/// Start, reload and stop.
+#[derive(Debug, Args)]
+pub struct LifecycleArgs {
+    /// Longest time from SIGTERM to exit.
+    #[arg(long, env = "ZONEWISE_SHUTDOWN_GRACE", value_parser = parse_duration,
+          default_value_t = human(defaults().shutdown_grace))]
+    pub shutdown_grace: humantime::Duration,
+    /// Time to keep serving after SIGTERM, with readiness false.
+    #[arg(long, env = "ZONEWISE_DRAIN_DELAY", value_parser = parse_duration,
+          default_value_t = human(defaults().drain_delay))]
+    pub drain_delay: humantime::Duration,
+    /// How often the certificate and config files are checked for changes.
+    #[arg(long, env = "ZONEWISE_RELOAD_INTERVAL", value_parser = parse_duration,
+          default_value_t = human(defaults().reload_interval))]
+    pub reload_interval: humantime::Duration,
+}
+
+/// What one client may cost: sizes, timeouts, connections.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Largest request body accepted (e.g. 8MiB).
+    #[arg(long, env = "ZONEWISE_MAX_BODY_BYTES", value_parser = parse_size,
+          default_value_t = bytes(defaults().limits.max_body_bytes))]
+    pub max_body_bytes: ByteSize,
+    /// Time allowed to receive a request body.
+    #[arg(long, env = "ZONEWISE_REQUEST_TIMEOUT", value_parser = parse_duration,
+          default_value_t = human(defaults().limits.request_timeout))]
+    pub request_timeout: humantime::Duration,
+    /// Time allowed for request headers once the first byte arrived.
+    #[arg(long, env = "ZONEWISE_HEADER_READ_TIMEOUT", value_parser = parse_duration,
+          default_value_t = human(defaults().conn.header_read_timeout))]
+    pub header_read_timeout: humantime::Duration,
+    /// How long an idle keep-alive connection is kept (longer than the API
+    /// server's 90 s, so the client closes first).
+    #[arg(long, env = "ZONEWISE_IDLE_TIMEOUT", value_parser = parse_duration,
+          default_value_t = human(defaults().conn.idle_timeout))]
+    pub idle_timeout: humantime::Duration,
+    /// Time allowed for the TLS handshake.
+    #[arg(long, env = "ZONEWISE_TLS_HANDSHAKE_TIMEOUT", value_parser = parse_duration,
+          default_value_t = human(defaults().conn.tls_handshake_timeout))]
+    pub tls_handshake_timeout: humantime::Duration,
+    /// A client that stops reading its responses is cut off after this.
+    #[arg(long, env = "ZONEWISE_WRITE_TIMEOUT", value_parser = parse_duration,
+          default_value_t = human(defaults().conn.write_timeout))]
+    pub write_timeout: humantime::Duration,
+    /// Open TLS connections at most; further ones are closed on accept.
+    /// Default: sized from the memory limit (about 900 at 128 MiB).
+    #[arg(long, env = "ZONEWISE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// The memory this process may use, which sizes the defaults of
+    /// --max-connections and --max-inflight-bytes. Default: the cgroup's
+    /// limit, if any (set it from the pod's limits.memory otherwise).
+    #[arg(long, env = "ZONEWISE_MEMORY_LIMIT", value_parser = parse_size)]
+    pub memory_limit: Option<ByteSize>,
+    /// Request body bytes held at once over all connections; beyond it, 503
+    /// with Retry-After. Default: a quarter of the memory limit.
+    #[arg(long, env = "ZONEWISE_MAX_INFLIGHT_BYTES", value_parser = parse_size)]
+    pub max_inflight_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Args)]
@@ -367,46 +415,48 @@ pub fn serve_options(args: &ServeArgs) -> ServeOptions {
             dir: args.dev_cert_dir.clone(),
         },
     };
-    let limit = args
+    let (l, c) = (&args.limits, &args.cluster);
+    let limit = l
         .memory_limit
-        .map(|n| n as u64)
+        .map(|n| n.as_u64())
         .or_else(server::Sizing::memory_limit);
     let sizing = server::Sizing::for_memory(limit);
+    let max_body_bytes = as_bytes(l.max_body_bytes);
     ServeOptions {
         tls,
         client_ca: args.client_ca.clone(),
         config: args.config.clone(),
         limits: RequestLimits {
-            max_body_bytes: args.max_body_bytes,
-            request_timeout: args.request_timeout,
-            max_inflight_bytes: args
+            max_body_bytes,
+            request_timeout: *l.request_timeout,
+            max_inflight_bytes: l
                 .max_inflight_bytes
-                .unwrap_or(sizing.max_inflight_bytes)
-                .max(args.max_body_bytes),
+                .map_or(sizing.max_inflight_bytes, as_bytes)
+                .max(max_body_bytes),
             large_reviews: args.worker_threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
             }),
         },
         conn: ConnLimits {
-            tls_handshake_timeout: args.tls_handshake_timeout,
-            header_read_timeout: args.header_read_timeout,
-            idle_timeout: args.idle_timeout,
-            write_timeout: args.write_timeout,
-            max_connections: args.max_connections.unwrap_or(sizing.max_connections),
+            tls_handshake_timeout: *l.tls_handshake_timeout,
+            header_read_timeout: *l.header_read_timeout,
+            idle_timeout: *l.idle_timeout,
+            write_timeout: *l.write_timeout,
+            max_connections: l.max_connections.unwrap_or(sizing.max_connections),
             // One connection may hold one body of the largest size.
-            max_conn_inflight_bytes: args.max_body_bytes,
+            max_conn_inflight_bytes: max_body_bytes,
             ..ConnLimits::default()
         },
-        shutdown_grace: args.shutdown_grace,
-        drain_delay: args.drain_delay,
-        reload_interval: args.reload_interval,
+        shutdown_grace: *args.lifecycle.shutdown_grace,
+        drain_delay: *args.lifecycle.drain_delay,
+        reload_interval: *args.lifecycle.reload_interval,
         own_namespace: server::own_namespace(),
-        kube_version: args.kube_version,
+        kube_version: c.kube_version,
         cluster: server::ClusterOptions {
-            enabled: args.cluster_cache == CacheMode::Auto,
-            kubeconfig: args.kubeconfig.clone(),
-            scope: args.cache_namespaces.into(),
-            sync_timeout: args.cache_sync_timeout,
+            enabled: c.cluster_cache == CacheMode::Auto,
+            kubeconfig: c.kubeconfig.clone(),
+            scope: c.cache_namespaces.into(),
+            sync_timeout: *c.cache_sync_timeout,
         },
         noop_baseline: args.noop_baseline(),
     }
@@ -656,19 +706,26 @@ pub fn parse_kube_version(s: &str) -> Result<KubeVersion, String> {
 /// A duration with its unit: `10s`, `250ms`, `2m`, `1h 30m` (humantime). A
 /// bare number is refused: seconds or milliseconds is a guess not worth
 /// making in a timeout.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<humantime::Duration, String> {
     humantime::parse_duration(s.trim())
+        .map(Into::into)
         .map_err(|e| format!("invalid duration {s:?}: {e} (for example 10s, 250ms, 2m)"))
 }
 
 /// A size in bytes: `8MiB`, `512KiB`, `1MB`, `128Mi` (as Kubernetes writes
 /// it), or a plain number of bytes (as the downward API gives a limit).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let size: bytesize::ByteSize = s
+pub fn parse_size(s: &str) -> Result<ByteSize, String> {
+    let size: ByteSize = s
         .trim()
         .parse()
         .map_err(|e| format!("invalid size {s:?}: {e} (for example 8MiB, 512KiB)"))?;
-    usize::try_from(size.as_u64()).map_err(|_| format!("size {s:?} too large"))
+    usize::try_from(size.as_u64()).map_err(|_| format!("size {s:?} too large"))?;
+    Ok(size)
+}
+
+/// A size flag as bytes (parse_size has checked it fits).
+fn as_bytes(size: ByteSize) -> usize {
+    usize::try_from(size.as_u64()).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
@@ -677,10 +734,11 @@ mod tests {
 
     #[test]
     fn durations_and_sizes() {
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        let d = |s| *parse_duration(s).unwrap();
+        assert_eq!(d("10s"), Duration::from_secs(10));
+        assert_eq!(d("250ms"), Duration::from_millis(250));
+        assert_eq!(d("2m"), Duration::from_secs(120));
+        assert_eq!(d("1h 30m"), Duration::from_secs(5400));
         // A bare number has no unit: refused, not guessed.
         assert!(
             parse_duration("10")
@@ -688,10 +746,11 @@ mod tests {
                 .contains("invalid duration")
         );
         assert!(parse_duration("soon").is_err());
-        assert_eq!(parse_size("8MiB").unwrap(), 8 * 1024 * 1024);
-        assert_eq!(parse_size("128Mi").unwrap(), 128 * 1024 * 1024);
-        assert_eq!(parse_size("134217728").unwrap(), 128 * 1024 * 1024);
-        assert_eq!(parse_size("1000").unwrap(), 1000);
+        let b = |s| as_bytes(parse_size(s).unwrap());
+        assert_eq!(b("8MiB"), 8 * 1024 * 1024);
+        assert_eq!(b("128Mi"), 128 * 1024 * 1024);
+        assert_eq!(b("134217728"), 128 * 1024 * 1024);
+        assert_eq!(b("1000"), 1000);
         assert!(parse_size("lots").is_err());
     }
 
@@ -703,8 +762,32 @@ mod tests {
         };
         assert_eq!(args.listen, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(args.metrics_listen, "127.0.0.1:9090".parse().unwrap());
-        assert_eq!(args.max_body_bytes, 8 * 1024 * 1024);
         let opts = serve_options(&args);
+        // Every default is the server's own.
+        let d = ServeOptions::default();
+        assert_eq!(opts.limits.max_body_bytes, 8 * 1024 * 1024);
+        assert_eq!(opts.limits.request_timeout, d.limits.request_timeout);
+        assert_eq!(
+            (opts.conn.idle_timeout, opts.conn.header_read_timeout),
+            (d.conn.idle_timeout, d.conn.header_read_timeout)
+        );
+        assert_eq!(
+            (opts.conn.write_timeout, opts.conn.tls_handshake_timeout),
+            (d.conn.write_timeout, d.conn.tls_handshake_timeout)
+        );
+        assert_eq!(
+            (opts.shutdown_grace, opts.drain_delay, opts.reload_interval),
+            (d.shutdown_grace, d.drain_delay, d.reload_interval)
+        );
+        assert_eq!(opts.cluster.sync_timeout, d.cluster.sync_timeout);
+        // And the help says them as a person writes them.
+        let help = <Cli as clap::CommandFactory>::command()
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("[default: 2m]"), "idle timeout: {help}");
+        assert!(help.contains("[default: \"8.0 MiB\"]"), "{help}");
         assert!(matches!(opts.tls, TlsSource::Dev { ref dir } if dir == Path::new("certs/dev")));
         assert!(opts.config.is_none());
     }
