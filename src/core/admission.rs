@@ -82,11 +82,17 @@ impl Kind {
     /// `(group, version, kind, resource)`: the one place a kind's API
     /// coordinates are written down.
     pub const fn api(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        use k8s_openapi::api::{apps, core, networking};
+        // Read off the k8s-openapi types, so no coordinate is written here.
+        const fn of<K: k8s_openapi::Resource>()
+        -> (&'static str, &'static str, &'static str, &'static str) {
+            (K::GROUP, K::VERSION, K::KIND, K::URL_PATH_SEGMENT)
+        }
         match self {
-            Kind::Service => ("", "v1", "Service", "services"),
-            Kind::Deployment => ("apps", "v1", "Deployment", "deployments"),
-            Kind::StatefulSet => ("apps", "v1", "StatefulSet", "statefulsets"),
-            Kind::Ingress => ("networking.k8s.io", "v1", "Ingress", "ingresses"),
+            Kind::Service => of::<core::v1::Service>(),
+            Kind::Deployment => of::<apps::v1::Deployment>(),
+            Kind::StatefulSet => of::<apps::v1::StatefulSet>(),
+            Kind::Ingress => of::<networking::v1::Ingress>(),
         }
     }
 
