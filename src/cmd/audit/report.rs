@@ -182,6 +182,14 @@ impl Figures {
         }
     }
 
+    fn plus(self, o: Figures) -> Figures {
+        Figures {
+            today: self.today + o.today,
+            after_routing: self.after_routing + o.after_routing,
+            after_rollout: self.after_rollout + o.after_rollout,
+        }
+    }
+
     fn of(e: &Estimate, part: impl Fn(&Share) -> f64) -> Figures {
         Figures {
             today: part(&e.today),
@@ -349,19 +357,11 @@ impl Report {
                 (None, _) => 1.0,
             };
             weight += w;
-            sum = Figures {
-                today: sum.today + w * cross.today,
-                after_routing: sum.after_routing + w * cross.after_routing,
-                after_rollout: sum.after_rollout + w * cross.after_rollout,
-            };
+            sum = sum.plus(cross.map(|f| w * f));
             let cross_gb = gb.map(|g| cross.map(|f| f * g));
             if let (Some(g), Some(c)) = (gb, cross_gb) {
                 total_gb += g;
-                gb_sum = Figures {
-                    today: gb_sum.today + c.today,
-                    after_routing: gb_sum.after_routing + c.after_routing,
-                    after_rollout: gb_sum.after_rollout + c.after_rollout,
-                };
+                gb_sum = gb_sum.plus(c);
             }
             self.services.push(ServiceTraffic {
                 namespace: e.namespace.clone(),
@@ -379,10 +379,8 @@ impl Report {
         let by_volume = opts.volumes.is_some() && weight > 0.0;
         if !by_volume {
             weight = estimates.len() as f64;
-            sum = estimates.iter().fold(Figures::default(), |a, e| Figures {
-                today: a.today + e.today.cross,
-                after_routing: a.after_routing + e.after_routing.cross,
-                after_rollout: a.after_rollout + e.after_rollout.cross,
+            sum = estimates.iter().fold(Figures::default(), |a, e| {
+                a.plus(Figures::of(e, |s| s.cross))
             });
         }
         let mean = if weight > 0.0 {
