@@ -40,6 +40,21 @@ pub struct Reserved {
     large: Option<OwnedSemaphorePermit>,
 }
 
+/// `n` permits of `pool`, or `None` when it has not that many left.
+fn take(pool: &Arc<Semaphore>, n: usize) -> Option<OwnedSemaphorePermit> {
+    pool.clone()
+        .try_acquire_many_owned(u32::try_from(n).ok()?)
+        .ok()
+}
+
+/// Adds `more` to a permit that may not exist yet.
+fn merge(into: &mut Option<OwnedSemaphorePermit>, more: OwnedSemaphorePermit) {
+    match into {
+        Some(p) => p.merge(more),
+        None => *into = Some(more),
+    }
+}
+
 impl Budget {
     pub fn new(bytes: usize) -> Budget {
         Budget {
@@ -51,11 +66,6 @@ impl Budget {
     /// A reservation of `n` bytes (at least one, so it always exists to
     /// grow), or `None` when a pool is spent.
     pub fn reserve(&self, conn: Option<&ConnBudget>, n: usize) -> Option<Reserved> {
-        let take = |pool: &Arc<Semaphore>, n: usize| {
-            pool.clone()
-                .try_acquire_many_owned(u32::try_from(n).ok()?)
-                .ok()
-        };
         let n = n.max(1);
         let conn = match conn {
             Some(c) => Some(take(&c.0, n)?),
@@ -69,36 +79,29 @@ impl Budget {
         Some(Reserved { all, conn, large })
     }
 
-    /// Grows `r` to hold `total` bytes; false when a pool is spent.
+    /// Grows `r` to hold `total` bytes; false when a pool is spent. (What
+    /// was taken before a pool ran out stays with `r`, and goes back with
+    /// it.)
     pub fn grow(&self, r: &mut Reserved, conn: Option<&ConnBudget>, total: usize) -> bool {
         let more = total.saturating_sub(r.bytes());
         if more > 0 {
-            let Some(extra) = self.reserve(conn, more) else {
+            if let Some(c) = conn {
+                let Some(p) = take(&c.0, more) else {
+                    return false;
+                };
+                merge(&mut r.conn, p);
+            }
+            let Some(p) = take(&self.all, more) else {
                 return false;
             };
-            r.all.merge(extra.all);
-            match (&mut r.conn, extra.conn) {
-                (Some(a), Some(b)) => a.merge(b),
-                (a @ None, b) => *a = b,
-                (Some(_), None) => {}
-            }
-            // The extra's own large permit (if any) is given back below.
-            drop(extra.large);
+            r.all.merge(p);
         }
-        if total > LARGE_BODY {
-            let held = r.large.as_ref().map_or(0, |p| p.num_permits());
-            if total > held {
-                let Ok(n) = u32::try_from(total - held) else {
-                    return false;
-                };
-                let Ok(p) = self.large.clone().try_acquire_many_owned(n) else {
-                    return false;
-                };
-                match &mut r.large {
-                    Some(l) => l.merge(p),
-                    None => r.large = Some(p),
-                }
-            }
+        let held = r.large.as_ref().map_or(0, |p| p.num_permits());
+        if total > LARGE_BODY && total > held {
+            let Some(p) = take(&self.large, total - held) else {
+                return false;
+            };
+            merge(&mut r.large, p);
         }
         true
     }

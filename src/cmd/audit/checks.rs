@@ -36,7 +36,6 @@ pub struct Nodes {
     pub total: usize,
     /// The traffic model's view: zones and nodes by small ids.
     pub(super) zone_ids: HashMap<String, ZoneId>,
-    pub(super) zone_names: Vec<String>,
     pub(super) node_ids: HashMap<String, NodeId>,
     /// Per node id: zone, Ready, allocatable CPU in millicores.
     pub(super) node_facts: Vec<(Option<ZoneId>, bool, u64)>,
@@ -144,26 +143,19 @@ impl Nodes {
             return *id;
         }
         // Zones beyond the id space (never in practice) count as OTHER.
-        let Ok(id) = ZoneId::try_from(self.zone_names.len()) else {
+        let Ok(id) = ZoneId::try_from(self.zone_ids.len()) else {
             return OTHER_ZONE;
         };
         if id == OTHER_ZONE {
             return OTHER_ZONE;
         }
         self.zone_ids.insert(zone.to_string(), id);
-        self.zone_names.push(zone.to_string());
         id
     }
 
     /// A zone's id: [`OTHER_ZONE`] when no Node is in it.
     pub fn zone_id(&self, zone: &str) -> ZoneId {
         self.zone_ids.get(zone).copied().unwrap_or(OTHER_ZONE)
-    }
-
-    pub fn zone_name(&self, id: ZoneId) -> &str {
-        self.zone_names
-            .get(usize::from(id))
-            .map_or("(no node)", String::as_str)
     }
 
     pub fn node_id(&self, name: &str) -> Option<NodeId> {

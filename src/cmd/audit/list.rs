@@ -27,12 +27,6 @@ pub struct Resource {
     path: fn(Option<&str>) -> String,
 }
 
-impl PartialEq for Resource {
-    fn eq(&self, other: &Self) -> bool {
-        (self.group, self.version, self.plural) == (other.group, other.version, other.plural)
-    }
-}
-
 /// Whether a k8s-openapi scope type is namespaced.
 trait Scoped {
     const NAMESPACED: bool;

@@ -352,11 +352,6 @@ async fn collect(
     lookups.known.replace_services(None, service_facts);
 
     // EndpointSlices of the Services in scope.
-    let wanted: std::collections::HashSet<(String, String)> = inventory
-        .services
-        .iter()
-        .map(|s| (s.namespace.clone(), s.name.clone()))
-        .collect();
     let mut endpoints: HashMap<(String, String), Endpoints> = HashMap::new();
     for ns in &namespaces {
         lister
@@ -372,7 +367,9 @@ async fn collect(
                     return Ok(());
                 };
                 let key = (ns, svc);
-                if services.contains_key(&key) || wanted.contains(&key) {
+                // Kept for every Service in scope: the checks read the
+                // counted ones, the estimate also those selecting callers.
+                if in_scope(&key.0) {
                     endpoints.entry(key).or_default().add(slice, &nodes);
                 }
                 Ok(())

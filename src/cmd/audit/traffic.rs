@@ -94,20 +94,20 @@ impl Mode {
     }
 }
 
-/// Where a Service's requests come from.
+/// What a Service's clients are modeled on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientSource {
+pub enum ClientBasis {
     /// The pods of its declared callers.
     Callers,
     /// The Ready nodes, by allocatable CPU.
     Nodes,
 }
 
-impl ClientSource {
+impl ClientBasis {
     pub fn name(self) -> &'static str {
         match self {
-            ClientSource::Callers => "callers",
-            ClientSource::Nodes => "nodes",
+            ClientBasis::Callers => "callers",
+            ClientBasis::Nodes => "nodes",
         }
     }
 }
@@ -115,14 +115,14 @@ impl ClientSource {
 /// Request weight by client place, and the zones' totals.
 #[derive(Debug, Clone)]
 pub struct Clients {
-    pub source: ClientSource,
+    pub source: ClientBasis,
     /// Weight by (zone, node); `None` node: a caller whose node is unknown.
     by_node: HashMap<(ZoneId, Option<NodeId>), f64>,
     by_zone: HashMap<ZoneId, f64>,
 }
 
 impl Clients {
-    fn new(source: ClientSource) -> Clients {
+    fn new(source: ClientBasis) -> Clients {
         Clients {
             source,
             by_node: HashMap::new(),
@@ -146,7 +146,7 @@ impl Clients {
     /// CPU. (A node without a zone label cannot prefer a zone; its share
     /// is left out.)
     pub fn of_nodes(nodes: &Nodes) -> Clients {
-        let mut c = Clients::new(ClientSource::Nodes);
+        let mut c = Clients::new(ClientBasis::Nodes);
         for (id, (zone, ready, cpu)) in nodes.node_facts.iter().enumerate() {
             if let (Some(z), true) = (zone, ready) {
                 c.add(*z, Some(id as NodeId), *cpu as f64);
@@ -158,7 +158,7 @@ impl Clients {
     /// Clients like these caller pods (one request weight each); `None`
     /// when none of them is in a known zone.
     pub fn of_callers<'a>(pods: impl IntoIterator<Item = &'a Ep>) -> Option<Clients> {
-        let mut c = Clients::new(ClientSource::Callers);
+        let mut c = Clients::new(ClientBasis::Callers);
         for p in pods {
             if let Some(z) = p.zone {
                 c.add(z, p.node, 1.0);
@@ -249,7 +249,9 @@ fn hinted(mode: Mode, source: HintSource<'_>, eps: &[Ep]) -> Option<Vec<Ep>> {
             .collect()
     };
     match (mode, source) {
-        (Mode::Cluster | Mode::Local, _) => Some(
+        // Local ignores hints altogether (see `pick`).
+        (Mode::Local, _) => None,
+        (Mode::Cluster, _) => Some(
             eps.iter()
                 .map(|e| Ep {
                     zone_hints: Vec::new(),
@@ -501,7 +503,7 @@ pub struct Estimate {
     pub namespace: String,
     pub name: String,
     pub routing: String,
-    pub clients: ClientSource,
+    pub clients: ClientBasis,
     pub today: Share,
     pub after_routing: Share,
     pub after_rollout: Share,
@@ -804,7 +806,7 @@ mod tests {
         let n = three_zones();
         let callers = eps(&n, &["a1", "a1"], None);
         let c = Clients::of_callers(&callers).unwrap();
-        assert_eq!(c.source, ClientSource::Callers);
+        assert_eq!(c.source, ClientBasis::Callers);
         let e = eps(&n, &["a1", "b1", "c1"], None);
         let s = share(Mode::Cluster, HintSource::Slices, &e, &c).unwrap();
         assert!(approx(s.cross, 2.0 / 3.0), "{s:?}");
