@@ -508,3 +508,29 @@ async fn only_http1_is_offered_on_the_admission_port() {
     assert!(text.ends_with("\n1.1 200"), "{text}");
     assert!(text.contains("\"kind\":\"AdmissionReview\""), "{text}");
 }
+
+/// The first signal drains, the second aborts: with a drain delay far
+/// longer than the test, a second signal ends the server at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_aborts_the_drain() {
+    let server = TestServer::start_with(|o| {
+        o.drain_delay = Duration::from_secs(60);
+        o.shutdown_grace = Duration::from_secs(120);
+    })
+    .await;
+    let mut c = server.h1().await;
+    assert!(c.review(&fixture("svc-clusterip")).await.patch.is_some());
+    server.signal();
+    // Draining: still served, connection closed after the answer.
+    let mut fresh = server.h1().await;
+    let r = fresh.post("/mutate", fixture("svc-clusterip")).await;
+    assert_eq!(r.headers["connection"], "close");
+    let started = Instant::now();
+    // `stop` sends the second signal.
+    assert_eq!(server.stop().await, zonewise::server::Exit::Aborted);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
