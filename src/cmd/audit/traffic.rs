@@ -516,16 +516,15 @@ pub struct Inventory {
     pub workloads: Vec<WorkloadFacts>,
 }
 
-/// `(namespace, key, value)` → the items that carry that label pair.
-type Postings = HashMap<(String, String, String), Vec<usize>>;
+/// `(namespace, key, value)` → the items that carry that label pair,
+/// borrowed from the inventory.
+type Postings<'a> = HashMap<(&'a str, &'a str, &'a str), Vec<usize>>;
 
-fn postings<'a>(items: impl Iterator<Item = (&'a str, &'a [(String, String)])>) -> Postings {
-    let mut p: Postings = HashMap::new();
+fn postings<'a>(items: impl Iterator<Item = (&'a str, &'a [(String, String)])>) -> Postings<'a> {
+    let mut p: Postings<'a> = HashMap::new();
     for (i, (ns, labels)) in items.enumerate() {
         for (k, v) in labels {
-            p.entry((ns.to_string(), k.clone(), v.clone()))
-                .or_default()
-                .push(i);
+            p.entry((ns, k, v)).or_default().push(i);
         }
     }
     p
@@ -570,7 +569,7 @@ impl Inventory {
                 w.labels
                     .iter()
                     .filter_map(|(k, v)| {
-                        svc_pairs.get(&(w.namespace.clone(), k.clone(), v.clone()))
+                        svc_pairs.get(&(w.namespace.as_str(), k.as_str(), v.as_str()))
                     })
                     .flatten()
                     .filter(|i| seen.insert(**i))
@@ -621,7 +620,7 @@ impl Inventory {
                 .selector
                 .iter()
                 .filter_map(|(k, v)| {
-                    workload_pairs.get(&(s.namespace.clone(), k.clone(), v.clone()))
+                    workload_pairs.get(&(s.namespace.as_str(), k.as_str(), v.as_str()))
                 })
                 .min_by_key(|l| l.len())
                 .into_iter()
