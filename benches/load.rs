@@ -201,16 +201,15 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 /// User + system CPU seconds consumed by `pid` so far.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the
-    // 12th and 13th of those, in clock ticks (100 per second on Linux).
+    // Fields after the parenthesised command name, counted from the state
+    // letter; utime and stime are the 12th and 13th of those, in clock
+    // ticks (100 per second on Linux). Counted by position: the state is
+    // not a number and `tpgid` is -1 without a terminal, so dropping what
+    // does not parse would shift the fields (it once read stime + cutime).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    f.get(10..12)
-        .map(|t| (t[0] + t[1]) as f64 / 100.0)
-        .unwrap_or(0.0)
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -407,6 +406,10 @@ struct Report {
     cpu_ms_per_1000: f64,
     rss_fixed_kib: u64,
     rss_peak_kib: u64,
+    /// CPU per review at saturation: the server's, and the load
+    /// generator's (this process).
+    server_us: f64,
+    generator_us: f64,
 }
 
 async fn measure(name: &'static str, noop: bool, o: &Opts, body: &Bytes) -> Report {
@@ -419,8 +422,12 @@ async fn measure(name: &'static str, noop: bool, o: &Opts, body: &Bytes) -> Repo
         fixed_rate(server.addr, c, o.connections, o.rate, o.fixed, body).await;
     let cpu_fixed = cpu_secs(pid) - cpu0;
     let (rss_fixed_kib, _) = rss_kib(pid);
+    let (server0, generator0) = (cpu_secs(pid), cpu_secs(std::process::id()));
     let (saturation_rps, saturation_errors) =
         saturate(server.addr, c, o.saturation_connections, o.saturation, body).await;
+    let saturated = saturation_rps * o.saturation.as_secs_f64();
+    let server_us = (cpu_secs(pid) - server0) * 1e6 / saturated.max(1.0);
+    let generator_us = (cpu_secs(std::process::id()) - generator0) * 1e6 / saturated.max(1.0);
     let (handshakes, _) = handshakes(server.addr, &server.fresh_connector, 8, o.handshake).await;
     let (rss_peak_kib, _) = rss_kib(pid);
     server.stop();
@@ -438,6 +445,8 @@ async fn measure(name: &'static str, noop: bool, o: &Opts, body: &Bytes) -> Repo
         cpu_ms_per_1000: cpu_fixed * 1000.0 / hist.len().max(1) as f64 * 1000.0,
         rss_fixed_kib,
         rss_peak_kib,
+        server_us,
+        generator_us,
     }
 }
 
@@ -475,6 +484,16 @@ fn print(reports: &[Report], o: &Opts) {
             r.handshakes,
             r.cpu_ms_per_1000,
             r.rss_peak_kib as f64 / 1024.0,
+        );
+    }
+    println!("\nat saturation, CPU per review (µs) and reviews/s per core of server CPU:");
+    for r in reports {
+        println!(
+            "{:<10} server {:>6.1} µs   load generator {:>6.1} µs   {:>8.0} reviews/s per core",
+            r.name,
+            r.server_us,
+            r.generator_us,
+            1e6 / r.server_us.max(0.001)
         );
     }
     if let [base, zw] = reports {

@@ -7,7 +7,7 @@
 //! `/metadata/annotations` on an object without annotations do not each
 //! create it (the second `add` would wipe the first rule's key).
 
-use json_patch::jsonptr::{PointerBuf, Token};
+use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use serde_json::Value;
 
@@ -26,15 +26,9 @@ pub struct PatchError {
 pub struct PatchBuilder<'a> {
     base: &'a Value,
     ops: Vec<PatchOperation>,
-    /// Containers this patch added, so later operations see them as present.
-    created: Vec<Vec<String>>,
-}
-
-/// What is at a path once this patch's own additions are taken into account.
-enum Slot<'a> {
-    Missing,
-    Created,
-    Present(&'a Value),
+    /// Containers this patch added (as encoded pointers), so later
+    /// operations see them as present.
+    created: Vec<String>,
 }
 
 impl<'a> PatchBuilder<'a> {
@@ -65,94 +59,105 @@ impl<'a> PatchBuilder<'a> {
     /// Sets `path` to `value` (an `add`, which also replaces an existing
     /// member), creating missing parent objects first.
     pub fn set(&mut self, path: &[&str], value: Value) -> Result<(), PatchError> {
-        self.ensure_parents(path)?;
-        self.record_container(path, &value);
-        self.ops.push(add(pointer(path, None), value));
-        Ok(())
+        let pointer = self.ensure_parents(path)?;
+        if value.is_object() || value.is_array() {
+            self.created.push(pointer.clone());
+        }
+        self.add(pointer, value)
     }
 
     /// Appends `value` to the array at `path`, creating the array (and its
     /// parents) when missing.
     pub fn push(&mut self, path: &[&str], value: Value) -> Result<(), PatchError> {
-        match self.slot(path) {
-            Slot::Created => {
-                self.ops.push(add(pointer(path, Some("-")), value));
-                Ok(())
+        let mut pointer = encode(path);
+        let present = if self.created.contains(&pointer) {
+            None
+        } else {
+            Some(walk(self.base, path))
+        };
+        match present {
+            None | Some(Some(Value::Array(_))) => {
+                pointer.push_str("/-");
+                self.add(pointer, value)
             }
-            Slot::Present(Value::Array(_)) => {
-                self.ops.push(add(pointer(path, Some("-")), value));
-                Ok(())
-            }
-            Slot::Present(Value::Null) | Slot::Missing => self.set(path, Value::Array(vec![value])),
-            Slot::Present(_) => Err(PatchError {
-                path: display(path),
+            Some(None | Some(Value::Null)) => self.set(path, Value::Array(vec![value])),
+            Some(Some(_)) => Err(PatchError {
+                path: pointer,
                 what: "not an array",
             }),
         }
     }
 
-    fn ensure_parents(&mut self, path: &[&str]) -> Result<(), PatchError> {
-        for depth in 1..path.len() {
-            let parent = &path[..depth];
-            match self.slot(parent) {
-                Slot::Created | Slot::Present(Value::Object(_)) => {}
-                Slot::Present(Value::Null) | Slot::Missing => {
-                    self.ops.push(add(
-                        pointer(parent, None),
-                        Value::Object(Default::default()),
-                    ));
-                    self.created
-                        .push(parent.iter().map(|s| s.to_string()).collect());
-                }
-                Slot::Present(_) => {
-                    return Err(PatchError {
-                        path: display(parent),
-                        what: "not an object",
-                    });
+    /// Adds `{}` for each missing (or null) parent of `path`, and returns
+    /// the encoded pointer of `path`. One walk down the object: each
+    /// parent's pointer is a prefix of the next one's.
+    fn ensure_parents(&mut self, path: &[&str]) -> Result<String, PatchError> {
+        let mut pointer = String::with_capacity(path.iter().map(|t| t.len() + 2).sum());
+        let mut below = Some(self.base);
+        for (depth, token) in path.iter().enumerate() {
+            // `pointer` is the parent `path[..depth]` here.
+            if depth > 0 && !self.created.contains(&pointer) {
+                match below {
+                    Some(Value::Object(_)) => {}
+                    None | Some(Value::Null) => {
+                        self.add(pointer.clone(), Value::Object(Default::default()))?;
+                        self.created.push(pointer.clone());
+                    }
+                    Some(_) => {
+                        return Err(PatchError {
+                            path: pointer,
+                            what: "not an object",
+                        });
+                    }
                 }
             }
+            push_token(&mut pointer, token);
+            below = below.and_then(Value::as_object).and_then(|m| m.get(*token));
         }
+        Ok(pointer)
+    }
+
+    fn add(&mut self, pointer: String, value: Value) -> Result<(), PatchError> {
+        // `encode` escapes every token, so this only re-checks the escapes.
+        let path = PointerBuf::parse(pointer).map_err(|e| PatchError {
+            path: e.to_string(),
+            what: "not a JSON pointer",
+        })?;
+        self.ops
+            .push(PatchOperation::Add(AddOperation { path, value }));
         Ok(())
     }
-
-    fn record_container(&mut self, path: &[&str], value: &Value) {
-        if value.is_object() || value.is_array() {
-            self.created
-                .push(path.iter().map(|s| s.to_string()).collect());
-        }
-    }
-
-    fn slot(&self, path: &[&str]) -> Slot<'a> {
-        if self
-            .created
-            .iter()
-            .any(|c| c.iter().map(String::as_str).eq(path.iter().copied()))
-        {
-            return Slot::Created;
-        }
-        let mut cur = self.base;
-        for key in path {
-            match cur.as_object().and_then(|m| m.get(*key)) {
-                Some(next) => cur = next,
-                None => return Slot::Missing,
-            }
-        }
-        Slot::Present(cur)
-    }
 }
 
-fn add(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
+/// What the base object holds at `path`, if anything.
+fn walk<'v>(base: &'v Value, path: &[&str]) -> Option<&'v Value> {
+    path.iter()
+        .try_fold(base, |cur, key| cur.as_object()?.get(*key))
 }
 
-/// RFC 6901 pointer; `Token::new` escapes `~` and `/` (`~0`, `~1`), which
+/// RFC 6901 pointer of `path`: `~` and `/` escaped as `~0` and `~1`, which
 /// annotation keys such as `service.kubernetes.io/topology-mode` need.
-fn pointer(path: &[&str], last: Option<&str>) -> PointerBuf {
-    PointerBuf::from_tokens(path.iter().copied().chain(last).map(Token::new))
+fn encode(path: &[&str]) -> String {
+    let mut pointer = String::with_capacity(path.iter().map(|t| t.len() + 2).sum::<usize>() + 2);
+    for token in path {
+        push_token(&mut pointer, token);
+    }
+    pointer
 }
 
-fn display(path: &[&str]) -> String {
-    pointer(path, None).to_string()
+fn push_token(pointer: &mut String, token: &str) {
+    pointer.push('/');
+    let mut rest = token;
+    while let Some(i) = rest.find(['~', '/']) {
+        pointer.push_str(&rest[..i]);
+        pointer.push_str(if rest.as_bytes()[i] == b'~' {
+            "~0"
+        } else {
+            "~1"
+        });
+        rest = &rest[i + 1..];
+    }
+    pointer.push_str(rest);
 }
 
 #[cfg(test)]

@@ -43,8 +43,8 @@ impl Warnings {
         Self::default()
     }
 
-    pub fn push(&mut self, priority: Priority, text: impl AsRef<str>) {
-        let text = clean(text.as_ref());
+    pub fn push(&mut self, priority: Priority, text: impl Into<String>) {
+        let text = clean(text.into());
         if text.is_empty() || self.held.iter().any(|(_, t)| *t == text) {
             return;
         }
@@ -108,7 +108,13 @@ impl Warnings {
 /// Printable, single-line, at most [`MAX_CHARS`] characters: control
 /// characters (a newline in a name, ANSI escapes) become `?`, and a long
 /// text ends in `…`.
-fn clean(text: &str) -> String {
+fn clean(text: String) -> String {
+    // Nearly every warning is short printable ASCII, built by `format!`:
+    // kept as it is, without a second copy (this ran for every warning of
+    // every review).
+    if text.len() <= MAX_CHARS && text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return text;
+    }
     let mut out = String::with_capacity(text.len().min(MAX_CHARS * 4));
     for (i, c) in text.chars().enumerate() {
         if i == MAX_CHARS - 1 && text.chars().nth(MAX_CHARS).is_some() {

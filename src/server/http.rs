@@ -416,6 +416,11 @@ struct Clean<'a>(&'a str);
 
 impl fmt::Display for Clean<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The usual identifier (short printable ASCII, as the decoder
+        // requires of what it accepts) in one write.
+        if self.0.len() <= wire::MAX_NAME && self.0.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return f.write_str(self.0);
+        }
         for (i, c) in self.0.chars().enumerate() {
             if i == wire::MAX_NAME {
                 return f.write_str("…");

@@ -12,18 +12,18 @@
 //! - writes never block an async worker: a full pipe to the container
 //!   runtime, or the kernel throttling dirty pages, would stall every
 //!   connection on that worker (seen as 13–16 ms p99.9 spikes). Lines go
-//!   through a bounded queue to a writer thread that batches them; if the
-//!   queue is ever full, lines are dropped rather than delaying admission.
+//!   into a bounded buffer that a writer thread empties in batches
+//!   ([`sink`]); if it is ever full, lines are dropped rather than delaying
+//!   admission.
 
 pub mod metrics;
+pub mod sink;
 
 use std::fmt::{self, Write as _};
-use std::io::BufWriter;
 
 use clap::ValueEnum;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -36,18 +36,12 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber. Keep the returned guard alive until
-/// exit: dropping it flushes the queued lines.
-pub fn init(format: LogFormat) -> Option<WorkerGuard> {
+/// exit: dropping it writes the queued lines.
+pub fn init(format: LogFormat) -> Option<sink::Guard> {
     let filter = EnvFilter::try_from_env("ZONEWISE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // The writer thread drains every queued line, then flushes: one write
-    // system call per batch, not per line.
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        // About 5 MB of lines at most, so a stalled stderr cannot grow memory.
-        .buffered_lines_limit(16_384)
-        .thread_name("zonewise-log")
-        .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    // Without a writer thread there is no logging; the program still runs.
+    let (writer, guard) = sink::start(std::io::stderr()).ok()?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -156,6 +150,11 @@ impl Visit for JsonFields<'_> {
 
 /// JSON string escaping (RFC 8259).
 fn escape_into(out: &mut String, s: &str) {
+    // Most values (uids, names, rule names) need no escaping: one copy.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::PodAffinity;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{
     Action, CALLS, Context, HOSTNAME_KEY, Kind, Mutation, POD_LABELS, Rule, RuleSpec, SKIP,
@@ -90,10 +90,16 @@ pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(),
             );
             continue;
         }
-        let selector = json!({ "matchLabels": selector });
+        let match_labels: Map<String, Value> = selector
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        let selector = Value::Object(Map::from_iter([(
+            "matchLabels".to_string(),
+            Value::Object(match_labels),
+        )]));
         let namespaces = (callee.namespace != ctx.namespace).then_some(callee.namespace.as_str());
         let key = topology.key();
-        let term = affinity_term(&selector, key, namespaces);
         let list = if topology == Topology::NodeRequired {
             REQUIRED
         } else {
@@ -118,13 +124,15 @@ pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(),
         if exists {
             continue;
         }
+        let term = affinity_term(selector, key, namespaces);
         if list == REQUIRED {
             out.patch.push(&path, term)?;
         } else {
-            out.patch.push(
-                &path,
-                json!({"weight": cfg.weight, "podAffinityTerm": term}),
-            )?;
+            let weighted = Map::from_iter([
+                ("weight".to_string(), Value::from(cfg.weight)),
+                ("podAffinityTerm".to_string(), term),
+            ]);
+            out.patch.push(&path, Value::Object(weighted))?;
         }
     }
     Ok(())
@@ -307,12 +315,12 @@ fn resolve(
     ))
 }
 
-fn affinity_term(selector: &Value, topology: &str, namespaces: Option<&str>) -> Value {
-    let mut t = Map::new();
-    t.insert("labelSelector".into(), selector.clone());
-    t.insert("topologyKey".into(), json!(topology));
+fn affinity_term(selector: Value, topology: &str, namespaces: Option<&str>) -> Value {
+    let mut t = Map::with_capacity(3);
+    t.insert("labelSelector".into(), selector);
+    t.insert("topologyKey".into(), Value::from(topology));
     if let Some(ns) = namespaces {
-        t.insert("namespaces".into(), json!([ns]));
+        t.insert("namespaces".into(), Value::Array(vec![Value::from(ns)]));
     }
     Value::Object(t)
 }
@@ -381,6 +389,7 @@ mod tests {
     use crate::core::lookups::{DaemonSetEntry, DaemonSetFacts, InMemory, Lookups, ServiceFacts};
     use crate::core::policy::Policy;
     use crate::core::rules::test_support::*;
+    use serde_json::json;
 
     fn calls(v: &str) -> Value {
         annotated(deployment(), CALLS, v)

@@ -315,7 +315,7 @@ impl<'a> Mutation<'a> {
         }
     }
 
-    pub fn warn(&mut self, priority: Priority, text: impl AsRef<str>) {
+    pub fn warn(&mut self, priority: Priority, text: impl Into<String>) {
         self.warnings.push(priority, text);
     }
 }
