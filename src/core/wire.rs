@@ -393,8 +393,7 @@ pub fn encode(uid: &str, outcome: &Outcome) -> Vec<u8> {
     // Reopen the two objects the head closed.
     out.truncate(out.len().saturating_sub(2));
     if let Some(p) = outcome.patch().filter(|p| !p.0.is_empty()) {
-        // A Patch of add operations always serializes.
-        let json = serde_json::to_vec(p).unwrap_or_default();
+        let json = patch_json(p);
         out.extend_from_slice(br#","patch":""#);
         let start = out.len();
         out.resize(
@@ -412,6 +411,35 @@ pub fn encode(uid: &str, outcome: &Outcome) -> Vec<u8> {
         let _ = serde_json::to_writer(&mut out, &outcome.warnings);
     }
     out.extend_from_slice(b"}}");
+    out
+}
+
+/// The patch as JSON. `add` operations (all that the rules write) are
+/// written field by field, which skips serde's tagged-enum plumbing (about
+/// a tenth of the answer's cost); anything else goes through serde.
+fn patch_json(p: &json_patch::Patch) -> Vec<u8> {
+    use json_patch::PatchOperation;
+    let mut out = Vec::with_capacity(1024);
+    out.push(b'[');
+    for (i, op) in p.0.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Strings and JSON values only: writing to a Vec cannot fail.
+        let _ = match op {
+            PatchOperation::Add(add) => {
+                out.extend_from_slice(br#"{"op":"add","path":"#);
+                serde_json::to_writer(&mut out, add.path.as_str())
+                    .and_then(|()| {
+                        out.extend_from_slice(br#","value":"#);
+                        serde_json::to_writer(&mut out, &add.value)
+                    })
+                    .map(|()| out.push(b'}'))
+            }
+            other => serde_json::to_writer(&mut out, other),
+        };
+    }
+    out.push(b']');
     out
 }
 
@@ -508,7 +536,9 @@ mod tests {
         use crate::core::admission::Rule;
         use base64::Engine as _;
         let patch: json_patch::Patch = serde_json::from_value(json!([
-            {"op": "add", "path": "/metadata/annotations", "value": {"a/b": "x\"y\\z\u{7f}é"}}
+            {"op": "add", "path": "/metadata/annotations", "value": {"a/b": "x\"y\\z\u{7f}é"}},
+            {"op": "add", "path": "/spec/list/-", "value": [1, {"k": null, "f": 0.5}]},
+            {"op": "remove", "path": "/spec/x~1y"}
         ]))
         .unwrap();
         let outcomes = [
