@@ -10,7 +10,7 @@
 //! a preferred hostname term instead, since a required one would strand
 //! callers once the nodes with callee pods fill up.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::PodAffinity;
 use serde_json::{Map, Value};
@@ -70,6 +70,14 @@ pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(),
         return Ok(());
     }
     let own_labels = object::object_at(w, &["spec", "template", "metadata", "labels"]);
+    // The existing terms, looked up once for all callees.
+    let pod_affinity = object::at(w, &POD_AFFINITY);
+    let existing = |list: &str| {
+        pod_affinity
+            .and_then(|a| a.get(list))
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice)
+    };
     for callee in callees {
         let Some((selector, topology)) = resolve(&callee, ctx, out) else {
             continue;
@@ -113,7 +121,7 @@ pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(),
             POD_AFFINITY[4],
             list,
         ];
-        let exists = object::array_at(w, &path).iter().any(|t| {
+        let exists = existing(list).iter().any(|t| {
             let t = if list == REQUIRED {
                 Some(t)
             } else {
@@ -176,17 +184,17 @@ pub fn declared_callees(
     mut bad: impl FnMut(&str),
 ) -> (Vec<ObjectRef>, usize) {
     let mut list: Vec<ObjectRef> = Vec::new();
-    let mut seen: HashSet<ObjectRef> = HashSet::new();
     let mut over = 0usize;
+    // The list holds at most MAX_CALLEES, so searching it is as cheap as
+    // hashing each entry would be, even for a hostile annotation.
     let mut add = |r: ObjectRef, list: &mut Vec<ObjectRef>| {
-        if seen.contains(&r) {
+        if list.contains(&r) {
             return;
         }
         if list.len() == MAX_CALLEES {
             over += 1;
             return;
         }
-        seen.insert(r.clone());
         list.push(r);
     };
     if let Some(calls) = object::annotation(w, CALLS) {
