@@ -537,7 +537,7 @@ fn check(kind: &str, obj: &Value, policy: &Policy) -> Result<(), TestCaseError> 
 
 /// `obj` with only the parts at `reads` (what the admission path would
 /// keep if those were all that was declared).
-fn prune(obj: &Value, reads: &[Read]) -> Value {
+fn prune(obj: &Value, reads: &[&Read]) -> Value {
     let interest = Interest::of_paths(reads.iter().map(|r| r.path));
     let text = serde_json::to_string(obj).unwrap();
     let mut de = serde_json::Deserializer::from_str(&text);
@@ -588,7 +588,7 @@ fn rules_read_only_what_they_declare(
         return Ok(());
     }
     for spec in rules::rules_for(kind) {
-        let reads = [rules::pipeline_reads(kind), spec.reads.to_vec()].concat();
+        let reads: Vec<_> = rules::pipeline_reads(kind).chain(spec.reads).collect();
         let pruned = prune(obj, &reads);
         prop_assert_eq!(
             run_rule(spec, kind, obj, policy, lookups),

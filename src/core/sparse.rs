@@ -90,10 +90,7 @@ static INTERESTS: LazyLock<Vec<(Kind, Interests)>> = LazyLock::new(|| {
     Kind::ALL
         .into_iter()
         .map(|kind| {
-            let paths = |old| {
-                let reads = rules::declared_reads(kind, old);
-                Interest::of_paths(reads.iter().map(|r| r.path).collect::<Vec<_>>())
-            };
+            let paths = |old| Interest::of_paths(rules::declared_reads(kind, old).map(|r| r.path));
             (
                 kind,
                 Interests {

@@ -50,7 +50,7 @@ pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(),
     }
     for key in [CALLS, SKIP] {
         if object::at(w, &TEMPLATE_ANNOTATIONS)
-            .and_then(|a| a.get(key))
+            .and_then(|a| object::field(a, key))
             .is_some()
             && !object::has_annotation(w, key)
         {
@@ -74,7 +74,7 @@ pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(),
     let pod_affinity = object::at(w, &POD_AFFINITY);
     let existing = |list: &str| {
         pod_affinity
-            .and_then(|a| a.get(list))
+            .and_then(|a| object::field(a, list))
             .and_then(Value::as_array)
             .map_or(&[][..], Vec::as_slice)
     };
@@ -125,7 +125,7 @@ pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(),
             let t = if list == REQUIRED {
                 Some(t)
             } else {
-                t.get("podAffinityTerm")
+                object::field(t, "podAffinityTerm")
             };
             t.is_some_and(|t| same_term(t, &selector, key, namespaces, ctx.namespace))
         });
@@ -343,10 +343,9 @@ fn same_term(
     namespaces: Option<&str>,
     own_namespace: &str,
 ) -> bool {
-    if existing.get("topologyKey").and_then(Value::as_str) != Some(topology)
+    if object::field(existing, "topologyKey").and_then(Value::as_str) != Some(topology)
         || object::at(existing, &["namespaceSelector"]).is_some()
-        || existing
-            .get("labelSelector")
+        || object::field(existing, "labelSelector")
             .is_none_or(|s| requirements(s) != requirements(selector))
     {
         return false;
@@ -376,8 +375,8 @@ fn requirements(selector: &Value) -> Option<Vec<(String, String, Vec<String>)>> 
         out.push((k.clone(), "In".to_string(), vec![v.as_str()?.to_string()]));
     }
     for e in object::array_at(selector, &["matchExpressions"]) {
-        let key = e.get("key")?.as_str()?.to_string();
-        let op = e.get("operator")?.as_str()?.to_string();
+        let key = object::field(e, "key")?.as_str()?.to_string();
+        let op = object::field(e, "operator")?.as_str()?.to_string();
         let mut values: Vec<String> = object::array_at(e, &["values"])
             .iter()
             .map(|v| v.as_str().map(str::to_string))

@@ -229,21 +229,20 @@ pub fn rules_for(kind: Kind) -> impl Iterator<Item = &'static RuleSpec> {
 }
 
 /// What the pipeline itself reads of an object of `kind`, before any rule.
-pub fn pipeline_reads(kind: Kind) -> Vec<Read> {
-    [OBJECT_READS, kind_spec(kind).reads].concat()
+pub fn pipeline_reads(kind: Kind) -> impl Iterator<Item = &'static Read> {
+    OBJECT_READS.iter().chain(kind_spec(kind).reads)
 }
 
 /// Every path read of an object of `kind` (pipeline and rules), or of its
-/// old object when `old`.
-pub fn declared_reads(kind: Kind, old: bool) -> Vec<Read> {
-    let mut out: Vec<Read> = Vec::new();
-    if !old {
-        out.extend(pipeline_reads(kind));
-    }
-    for r in rules_for(kind) {
-        out.extend_from_slice(if old { r.reads_old } else { r.reads });
-    }
-    out
+/// old object when `old`. An iterator over the static tables: the typed
+/// check walks it on every review, and a collected copy cost three
+/// allocations each time.
+pub fn declared_reads(kind: Kind, old: bool) -> impl Iterator<Item = &'static Read> {
+    let pipeline = (!old).then(|| pipeline_reads(kind));
+    pipeline
+        .into_iter()
+        .flatten()
+        .chain(rules_for(kind).flat_map(move |r| if old { r.reads_old } else { r.reads }))
 }
 
 /// The typed check before the rules run. A whole object is checked as its
@@ -263,7 +262,7 @@ pub fn typed_check(kind: Kind, obj: &Value, complete: bool) -> Result<(), String
         }
     }
     for r in declared_reads(kind, false) {
-        check_path(obj, r.path, &r, 0)?;
+        check_path(obj, r.path, r, 0)?;
     }
     Ok(())
 }
@@ -282,7 +281,7 @@ fn check_path(v: &Value, path: &[&str], r: &Read, depth: usize) -> Result<(), St
             _ => Err(format!("{}: expected an array", here())),
         },
         Some((key, rest)) => match v {
-            Value::Object(m) => match m.get(*key) {
+            Value::Object(m) => match object::get(m, key) {
                 None | Some(Value::Null) => Ok(()),
                 Some(next) => check_path(next, rest, r, depth + 1),
             },

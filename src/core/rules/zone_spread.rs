@@ -89,7 +89,7 @@ pub fn apply(w: &Value, ctx: &Context<'_>, out: &mut Mutation<'_>) -> Result<(),
     let existing = object::array_at(w, &CONSTRAINTS);
     let has_key = |keys: &[&str]| {
         existing.iter().any(|c| {
-            c.get("topologyKey")
+            object::field(c, "topologyKey")
                 .and_then(Value::as_str)
                 .is_some_and(|k| keys.contains(&k))
         })
@@ -164,7 +164,7 @@ fn selector_keys(selector: &Value) -> BTreeSet<&str> {
         .flat_map(|m| m.keys().map(String::as_str));
     let exprs = object::array_at(selector, &["matchExpressions"])
         .iter()
-        .filter_map(|e| e.get("key")?.as_str());
+        .filter_map(|e| object::field(e, "key")?.as_str());
     labels.chain(exprs).collect()
 }
 
@@ -256,7 +256,7 @@ pub fn allowed_zones(w: &Value) -> Zones {
         }
         let mut this = Zones::Any;
         for expr in exprs {
-            let key = expr.get("key").and_then(Value::as_str);
+            let key = object::field(expr, "key").and_then(Value::as_str);
             if !key.is_some_and(|k| zone_keys.contains(&k)) {
                 continue;
             }
@@ -265,13 +265,15 @@ pub fn allowed_zones(w: &Value) -> Zones {
                 .filter_map(Value::as_str)
                 .map(str::to_string)
                 .collect();
-            this = this.and(match expr.get("operator").and_then(Value::as_str) {
-                Some("In") => Zones::Only(values).nonempty(),
-                Some("NotIn") => Zones::Except(values),
-                // A node without a zone label is in no zone at all.
-                Some("DoesNotExist") => Zones::None,
-                _ => Zones::Any,
-            });
+            this = this.and(
+                match object::field(expr, "operator").and_then(Value::as_str) {
+                    Some("In") => Zones::Only(values).nonempty(),
+                    Some("NotIn") => Zones::Except(values),
+                    // A node without a zone label is in no zone at all.
+                    Some("DoesNotExist") => Zones::None,
+                    _ => Zones::Any,
+                },
+            );
         }
         any_term = any_term.or(this);
     }
@@ -346,7 +348,7 @@ pub fn declared_replicas(w: &Value) -> Option<i64> {
     let managers = object::array_at(w, &["metadata", "managedFields"]);
     let appliers: Vec<&Value> = managers
         .iter()
-        .filter(|m| m.get("operation").and_then(Value::as_str) == Some("Apply"))
+        .filter(|m| object::field(m, "operation").and_then(Value::as_str) == Some("Apply"))
         .collect();
     if !appliers.is_empty()
         && !appliers
