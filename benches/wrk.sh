@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The load bench's saturation phase with wrk as the client instead of the
+# harness's own Rust client: the no-op and zonewise alternate, each serving
+# the 10 KB Deployment review over TLS to `wrk -t1 -c25`, and each run prints
+# reviews/s and the CPU per request of the server and of wrk. A second
+# client shows how much of the ratio belongs to the client sharing the two
+# cores. Traffic goes to 127.0.0.1 only; every run stops by itself.
+#
+#   bash benches/wrk.sh [pairs]       # default 2 pairs; WRK_SECS=14 per run
+set -euo pipefail
+
+pairs=${1:-2}
+secs=${WRK_SECS:-14}
+if ! command -v wrk >/dev/null; then
+    echo "wrk is not installed (Debian: apt-get install wrk)" >&2
+    exit 2
+fi
+if ((secs < 8)); then
+    echo "WRK_SECS must be at least 8 (3 s of warm-up, 3 s of margin)" >&2
+    exit 2
+fi
+
+cd "$(dirname "$0")/.."
+cargo build --release --features bench-baseline --quiet
+bin=$PWD/target/release/zonewise
+tmp=$(mktemp -d)
+server=
+cleanup() {
+    [[ -n $server ]] && kill "$server" 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+cat >"$tmp/post.lua" <<EOF
+local f = io.open("$PWD/benches/fixtures/deployment-10k.json", "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+EOF
+
+hz=$(getconf CLK_TCK)
+# utime + stime of a process, in clock ticks (fields 14 and 15; the command
+# name in field 2 has no spaces for either process).
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run NAME [serve args]: prints "NAME reviews/s server-µs wrk-µs".
+run() {
+    local name=$1 log=$tmp/$1.log addr= wrk_pid c0 w0 t0 c1 w1 t1 rps
+    shift
+    "$bin" serve --listen=127.0.0.1:0 --metrics-listen=127.0.0.1:0 \
+        --log-format=json --cluster-cache=off --drain-delay=0s \
+        --dev-cert-dir="$tmp/certs" "$@" >/dev/null 2>"$log" &
+    server=$!
+    for _ in $(seq 300); do
+        addr=$(sed -n 's/.*"message":"listening","addr":"\([^"]*\)".*/\1/p' "$log")
+        [[ -n $addr ]] && break
+        sleep 0.1
+    done
+    if [[ -z $addr ]]; then
+        echo "server did not start; its log:" >&2
+        cat "$log" >&2
+        exit 1
+    fi
+    wrk -t1 -c25 -d"${secs}s" -s "$tmp/post.lua" "https://$addr/mutate" >"$tmp/$name.wrk" &
+    wrk_pid=$!
+    # CPU is sampled inside the run, away from its start and end.
+    sleep 3
+    c0=$(ticks "$server") w0=$(ticks "$wrk_pid") t0=$(date +%s.%N)
+    sleep $((secs - 6))
+    c1=$(ticks "$server") w1=$(ticks "$wrk_pid") t1=$(date +%s.%N)
+    wait "$wrk_pid"
+    kill "$server"
+    wait "$server" || true
+    server=
+    if grep -q "Non-2xx\|Socket errors" "$tmp/$name.wrk"; then
+        echo "$name: wrk saw errors:" >&2
+        cat "$tmp/$name.wrk" >&2
+        exit 1
+    fi
+    rps=$(awk '/Requests\/sec/ {print $2}' "$tmp/$name.wrk")
+    awk -v n="$name" -v r="$rps" -v c="$((c1 - c0))" -v w="$((w1 - w0))" \
+        -v t0="$t0" -v t1="$t1" -v hz="$hz" 'BEGIN {
+        reqs = r * (t1 - t0)
+        printf "%-9s %8.0f reviews/s   server %5.1f µs   wrk %5.1f µs per request\n",
+            n, r, c / hz * 1e6 / reqs, w / hz * 1e6 / reqs
+    }'
+}
+
+results=()
+for i in $(seq "$pairs"); do
+    base=$(run baseline --noop-baseline)
+    echo "$base"
+    zw=$(run zonewise)
+    echo "$zw"
+    results+=("$(awk -v b="$base" -v z="$zw" 'BEGIN {
+        split(b, x, " +"); split(z, y, " +"); printf "%.2f", y[2] / x[2] }')")
+done
+echo "zonewise / no-op under wrk, pair by pair: ${results[*]}"
