@@ -58,6 +58,9 @@ run() {
         sleep 0.1
     done
     if [[ -z $addr ]]; then
+        # run() executes in a command substitution, which does not run the
+        # EXIT trap: stop this server here.
+        kill "$server" 2>/dev/null || true
         echo "server did not start; its log:" >&2
         cat "$log" >&2
         exit 1
