@@ -44,23 +44,23 @@ hz=$(getconf CLK_TCK)
 # name in field 2 has no spaces for either process).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# run NAME [serve args]: prints "NAME reviews/s server-µs wrk-µs".
+# run NAME [serve args]: prints "NAME reviews/s server-µs wrk-µs" and leaves
+# the rate in $rps. It runs in this shell, not a subshell, so the EXIT trap
+# stops its server on any failure.
+rps=
 run() {
-    local name=$1 log=$tmp/$1.log addr= wrk_pid c0 w0 t0 c1 w1 t1 rps
+    local name=$1 log=$tmp/$1.log addr= wrk_pid c0 w0 t0 c1 w1 t1
     shift
     "$bin" serve --listen=127.0.0.1:0 --metrics-listen=127.0.0.1:0 \
         --log-format=json --cluster-cache=off --drain-delay=0s \
         --dev-cert-dir="$tmp/certs" "$@" >/dev/null 2>"$log" &
     server=$!
     for _ in $(seq 300); do
-        addr=$(sed -n 's/.*"message":"listening","addr":"\([^"]*\)".*/\1/p' "$log")
+        addr=$(sed -n '/"message":"listening"/s/.*"addr":"\([^"]*\)".*/\1/p' "$log")
         [[ -n $addr ]] && break
         sleep 0.1
     done
     if [[ -z $addr ]]; then
-        # run() executes in a command substitution, which does not run the
-        # EXIT trap: stop this server here.
-        kill "$server" 2>/dev/null || true
         echo "server did not start; its log:" >&2
         cat "$log" >&2
         exit 1
@@ -91,12 +91,10 @@ run() {
 }
 
 results=()
-for i in $(seq "$pairs"); do
-    base=$(run baseline --noop-baseline)
-    echo "$base"
-    zw=$(run zonewise)
-    echo "$zw"
-    results+=("$(awk -v b="$base" -v z="$zw" 'BEGIN {
-        split(b, x, " +"); split(z, y, " +"); printf "%.2f", y[2] / x[2] }')")
+for _ in $(seq "$pairs"); do
+    run baseline --noop-baseline
+    base=$rps
+    run zonewise
+    results+=("$(awk -v b="$base" -v z="$rps" 'BEGIN { printf "%.2f", z / b }')")
 done
 echo "zonewise / no-op under wrk, pair by pair: ${results[*]}"
