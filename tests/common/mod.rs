@@ -556,9 +556,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     pub fn start(dir: &Path, extra: &[&str]) -> ServerProcess {
         // ZONEWISE_TEST_BIN runs the tests against another build (the
-        // release binary, for the figures in BENCHMARKS.md).
-        let bin = std::env::var("ZONEWISE_TEST_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_zonewise").to_string());
+        // release binary, for the figures in BENCHMARKS.md). A relative
+        // path is taken from the package root (the test's working
+        // directory), since the server itself starts in `dir`.
+        let bin = match std::env::var("ZONEWISE_TEST_BIN") {
+            Ok(bin) => std::path::absolute(bin).expect("ZONEWISE_TEST_BIN is a usable path"),
+            Err(_) => env!("CARGO_BIN_EXE_zonewise").into(),
+        };
         let mut cmd = std::process::Command::new(bin);
         cmd.args([
             "serve",
