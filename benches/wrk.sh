@@ -44,6 +44,13 @@ hz=$(getconf CLK_TCK)
 # name in field 2 has no spaces for either process).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# Stops the script with wrk's own output when wrk died or failed.
+wrk_failed() {
+    echo "$1: wrk failed; its output:" >&2
+    cat "$tmp/$1.wrk" >&2
+    exit 1
+}
+
 # run NAME [serve args]: prints "NAME reviews/s server-µs wrk-µs" and leaves
 # the rate in $rps. It runs in this shell, not a subshell, so the EXIT trap
 # stops its server on any failure.
@@ -68,11 +75,15 @@ run() {
     wrk -t1 -c25 -d"${secs}s" -s "$tmp/post.lua" "https://$addr/mutate" >"$tmp/$name.wrk" &
     wrk_pid=$!
     # CPU is sampled inside the run, away from its start and end.
+    # wrk's CPU is read from /proc while it runs, so a wrk that already
+    # exited (it could not connect, say) is reported here with its output.
     sleep 3
-    c0=$(ticks "$server") w0=$(ticks "$wrk_pid") t0=$(date +%s.%N)
+    c0=$(ticks "$server") t0=$(date +%s.%N)
+    w0=$(ticks "$wrk_pid" 2>/dev/null) || wrk_failed "$name"
     sleep $((secs - 6))
-    c1=$(ticks "$server") w1=$(ticks "$wrk_pid") t1=$(date +%s.%N)
-    wait "$wrk_pid"
+    c1=$(ticks "$server") t1=$(date +%s.%N)
+    w1=$(ticks "$wrk_pid" 2>/dev/null) || wrk_failed "$name"
+    wait "$wrk_pid" || wrk_failed "$name"
     kill "$server"
     wait "$server" || true
     server=
