@@ -15,8 +15,12 @@ if ! command -v wrk >/dev/null; then
     echo "wrk is not installed (Debian: apt-get install wrk)" >&2
     exit 2
 fi
-if ((secs < 8)); then
-    echo "WRK_SECS must be at least 8 (3 s of warm-up, 3 s of margin)" >&2
+if ! [[ $pairs =~ ^[1-9][0-9]*$ ]]; then
+    echo "pairs must be a whole number of at least 1, not '$pairs'" >&2
+    exit 2
+fi
+if ! [[ $secs =~ ^[0-9]+$ ]] || ((secs < 8)); then
+    echo "WRK_SECS must be a whole number of at least 8 (3 s of warm-up, 3 s of margin)" >&2
     exit 2
 fi
 
@@ -24,9 +28,13 @@ cd "$(dirname "$0")/.."
 cargo build --release --features bench-baseline --quiet
 bin=$PWD/target/release/zonewise
 tmp=$(mktemp -d)
-server=
+# The running server and wrk, stopped by the EXIT trap on any failure.
+server='' client=''
 cleanup() {
-    [[ -n $server ]] && kill "$server" 2>/dev/null
+    # Either may have exited already; under `set -e` a failed kill would
+    # end the trap before the rest of it.
+    if [[ -n $server ]]; then kill "$server" 2>/dev/null || true; fi
+    if [[ -n $client ]]; then kill "$client" 2>/dev/null || true; fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -44,19 +52,25 @@ hz=$(getconf CLK_TCK)
 # name in field 2 has no spaces for either process).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# Stops the script with wrk's own output when wrk died or failed.
+# Stop the script with wrk's own output when wrk died or failed, and with
+# the server's log when the server died during its run.
 wrk_failed() {
     echo "$1: wrk failed; its output:" >&2
     cat "$tmp/$1.wrk" >&2
     exit 1
 }
+server_failed() {
+    echo "$1: the server exited during its run; its log:" >&2
+    cat "$tmp/$1.log" >&2
+    exit 1
+}
 
 # run NAME [serve args]: prints "NAME reviews/s server-µs wrk-µs" and leaves
 # the rate in $rps. It runs in this shell, not a subshell, so the EXIT trap
-# stops its server on any failure.
+# stops its server and wrk on any failure.
 rps=
 run() {
-    local name=$1 log=$tmp/$1.log addr= wrk_pid c0 w0 t0 c1 w1 t1
+    local name=$1 log=$tmp/$1.log addr='' c0 w0 t0 c1 w1 t1
     shift
     "$bin" serve --listen=127.0.0.1:0 --metrics-listen=127.0.0.1:0 \
         --log-format=json --cluster-cache=off --drain-delay=0s \
@@ -73,17 +87,22 @@ run() {
         exit 1
     fi
     wrk -t1 -c25 -d"${secs}s" -s "$tmp/post.lua" "https://$addr/mutate" >"$tmp/$name.wrk" &
-    wrk_pid=$!
-    # CPU is sampled inside the run, away from its start and end.
-    # wrk's CPU is read from /proc while it runs, so a wrk that already
-    # exited (it could not connect, say) is reported here with its output.
+    client=$!
+    # CPU is sampled inside the run, away from its start and end. Both
+    # processes are read from /proc while they run, so one that already
+    # exited (wrk could not connect, the server crashed) is reported here
+    # with its own output. Each read is its own statement: in `a=$(x)
+    # b=$(y)` only the last substitution's failure would stop the script.
     sleep 3
-    c0=$(ticks "$server") t0=$(date +%s.%N)
-    w0=$(ticks "$wrk_pid" 2>/dev/null) || wrk_failed "$name"
+    c0=$(ticks "$server" 2>/dev/null) || server_failed "$name"
+    t0=$(date +%s.%N)
+    w0=$(ticks "$client" 2>/dev/null) || wrk_failed "$name"
     sleep $((secs - 6))
-    c1=$(ticks "$server") t1=$(date +%s.%N)
-    w1=$(ticks "$wrk_pid" 2>/dev/null) || wrk_failed "$name"
-    wait "$wrk_pid" || wrk_failed "$name"
+    c1=$(ticks "$server" 2>/dev/null) || server_failed "$name"
+    t1=$(date +%s.%N)
+    w1=$(ticks "$client" 2>/dev/null) || wrk_failed "$name"
+    wait "$client" || wrk_failed "$name"
+    client=
     kill "$server"
     wait "$server" || true
     server=
