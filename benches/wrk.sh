@@ -52,16 +52,12 @@ hz=$(getconf CLK_TCK)
 # name in field 2 has no spaces for either process).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# Stop the script with wrk's own output when wrk died or failed, and with
-# the server's log when the server died during its run.
-wrk_failed() {
-    echo "$1: wrk failed; its output:" >&2
-    cat "$tmp/$1.wrk" >&2
-    exit 1
-}
-server_failed() {
-    echo "$1: the server exited during its run; its log:" >&2
-    cat "$tmp/$1.log" >&2
+# failed NAME WHAT FILE: stops the script with what went wrong in run NAME
+# and the output of the process it concerns (the server's log, wrk's
+# report), since that output says why.
+failed() {
+    echo "$1: $2; its output:" >&2
+    cat "$3" >&2
     exit 1
 }
 
@@ -70,7 +66,7 @@ server_failed() {
 # stops its server and wrk on any failure.
 rps=
 run() {
-    local name=$1 log=$tmp/$1.log addr='' c0 w0 t0 c1 w1 t1
+    local name=$1 log=$tmp/$1.log report=$tmp/$1.wrk addr='' c0 w0 t0 c1 w1 t1
     shift
     "$bin" serve --listen=127.0.0.1:0 --metrics-listen=127.0.0.1:0 \
         --log-format=json --cluster-cache=off --drain-delay=0s \
@@ -82,11 +78,9 @@ run() {
         sleep 0.1
     done
     if [[ -z $addr ]]; then
-        echo "server did not start; its log:" >&2
-        cat "$log" >&2
-        exit 1
+        failed "$name" "the server did not start" "$log"
     fi
-    wrk -t1 -c25 -d"${secs}s" -s "$tmp/post.lua" "https://$addr/mutate" >"$tmp/$name.wrk" &
+    wrk -t1 -c25 -d"${secs}s" -s "$tmp/post.lua" "https://$addr/mutate" >"$report" &
     client=$!
     # CPU is sampled inside the run, away from its start and end. Both
     # processes are read from /proc while they run, so one that already
@@ -94,24 +88,22 @@ run() {
     # with its own output. Each read is its own statement: in `a=$(x)
     # b=$(y)` only the last substitution's failure would stop the script.
     sleep 3
-    c0=$(ticks "$server" 2>/dev/null) || server_failed "$name"
+    c0=$(ticks "$server" 2>/dev/null) || failed "$name" "the server exited during its run" "$log"
     t0=$(date +%s.%N)
-    w0=$(ticks "$client" 2>/dev/null) || wrk_failed "$name"
+    w0=$(ticks "$client" 2>/dev/null) || failed "$name" "wrk failed" "$report"
     sleep $((secs - 6))
-    c1=$(ticks "$server" 2>/dev/null) || server_failed "$name"
+    c1=$(ticks "$server" 2>/dev/null) || failed "$name" "the server exited during its run" "$log"
     t1=$(date +%s.%N)
-    w1=$(ticks "$client" 2>/dev/null) || wrk_failed "$name"
-    wait "$client" || wrk_failed "$name"
+    w1=$(ticks "$client" 2>/dev/null) || failed "$name" "wrk failed" "$report"
+    wait "$client" || failed "$name" "wrk failed" "$report"
     client=
     kill "$server"
     wait "$server" || true
     server=
-    if grep -q "Non-2xx\|Socket errors" "$tmp/$name.wrk"; then
-        echo "$name: wrk saw errors:" >&2
-        cat "$tmp/$name.wrk" >&2
-        exit 1
+    if grep -q "Non-2xx\|Socket errors" "$report"; then
+        failed "$name" "wrk saw errors" "$report"
     fi
-    rps=$(awk '/Requests\/sec/ {print $2}' "$tmp/$name.wrk")
+    rps=$(awk '/Requests\/sec/ {print $2}' "$report")
     awk -v n="$name" -v r="$rps" -v c="$((c1 - c0))" -v w="$((w1 - w0))" \
         -v t0="$t0" -v t1="$t1" -v hz="$hz" 'BEGIN {
         reqs = r * (t1 - t0)
