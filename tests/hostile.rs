@@ -754,6 +754,89 @@ async fn request_bytes_in_flight_are_budgeted() {
     h.assert_within_pod_limit("in-flight bytes");
 }
 
+/// JSON inside an annotation is read for what a rule needs, not built
+/// whole: ~7 MiB of `kubectl apply`'s record, one tiny value after
+/// another, while zone-spread reads it for `spec.replicas`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_last_applied_record_is_not_built() {
+    // Zones from the config, so that zone-spread compares the replicas
+    // with them and reads the record.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "zones: [a, b, c]\n").unwrap();
+    let h = Hostile::pod(&[&format!("--config={}", config.display())]);
+    let good = GoodClient::start(&h).await;
+    let pad = format!("[{}0]", "0,".repeat(3_500_000));
+    // One replica for three zones is worth a warning only when the owner
+    // declared it: the record decides, so it was read.
+    let bodies: Vec<(Vec<u8>, bool)> = [
+        (format!(r#"{{"spec":{{"replicas":1}},"pad":{pad}}}"#), true),
+        (
+            format!(r#"{{"spec":{{"template":{{}}}},"pad":{pad}}}"#),
+            false,
+        ),
+    ]
+    .into_iter()
+    .map(|(record, declared)| {
+        let mut review: serde_json::Value = serde_json::from_slice(&deployment_review(
+            serde_json::json!({"kubectl.kubernetes.io/last-applied-configuration": record}),
+            0,
+        ))
+        .unwrap();
+        review["request"]["object"]["spec"]["replicas"] = 1.into();
+        (serde_json::to_vec(&review).unwrap(), declared)
+    })
+    .collect();
+    assert!(bodies.iter().all(|(b, _)| b.len() > 7_000_000));
+    let mut c = Client::h1(h.tls().await).await;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        for (body, declared) in &bodies {
+            let a = c.review(body).await;
+            assert!(a.patch.is_some(), "the rules ran");
+            let warned = a
+                .warnings
+                .iter()
+                .any(|w| w.contains("1 replica for 3 zones"));
+            assert_eq!(warned, *declared, "{:?}", a.warnings);
+        }
+    }
+    good.finish("last-applied record").await;
+    h.assert_within_pod_limit("last-applied record");
+}
+
+/// An object sent before the request's kind (no API server does) is
+/// read as sparsely as one sent after it: the same answer, and no more
+/// memory for an ~8 MiB array no rule reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_before_its_kind_is_read_as_sparsely() {
+    let h = Hostile::pod(&[]);
+    let good = GoodClient::start(&h).await;
+    let mut review: serde_json::Value = serde_json::from_slice(&fixture("svc-clusterip")).unwrap();
+    review["request"]["object"]["spec"]["extra"] = serde_json::json!(vec![0; 3_500_000]);
+    let request = review["request"].as_object().unwrap().clone();
+    let mut c = Client::h1(h.tls().await).await;
+    let usual = c.review(&serde_json::to_vec(&review).unwrap()).await;
+    assert!(usual.patch.is_some());
+    // The same request, its object first.
+    let mut reordered = serde_json::Map::new();
+    reordered.insert("object".into(), request["object"].clone());
+    for (k, v) in &request {
+        reordered.insert(k.clone(), v.clone());
+    }
+    assert_eq!(reordered.keys().next().map(String::as_str), Some("object"));
+    review["request"] = serde_json::Value::Object(reordered);
+    let body = serde_json::to_vec(&review).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        let early = c.review(&body).await;
+        assert_eq!(early.patch, usual.patch);
+        assert_eq!(early.warnings, usual.warnings);
+    }
+    good.finish("object before kind").await;
+    h.assert_within_pod_limit("object before kind");
+}
+
 /// identifiers with control characters, or too long for any API
 /// server, are refused; nothing forged or huge reaches a log line, in
 /// either log format.

@@ -12,6 +12,7 @@ use std::io::Write;
 use json_patch::Patch;
 use serde_json::{Value, json};
 
+use crate::core::json::Exact;
 use crate::core::lookups::NoCluster;
 use crate::core::object;
 use crate::core::policy::Policy;
@@ -228,11 +229,11 @@ fn parse(input: &str) -> Result<Vec<Doc>, MutateError> {
     let mut parsed_json = false;
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         // Concatenated JSON documents; a top-level array is a list of them.
-        let docs: Result<Vec<Value>, _> = serde_json::Deserializer::from_str(input)
-            .into_iter::<Value>()
+        let docs: Result<Vec<Exact>, _> = serde_json::Deserializer::from_str(input)
+            .into_iter::<Exact>()
             .collect();
         if let Ok(docs) = docs {
-            for d in docs {
+            for Exact(d) in docs {
                 match d {
                     Value::Array(items) => values.extend(items),
                     other => values.push(other),
@@ -242,8 +243,11 @@ fn parse(input: &str) -> Result<Vec<Doc>, MutateError> {
         }
     }
     if !parsed_json {
-        values = serde_saphyr::from_multiple::<Value>(input)
-            .map_err(|e| MutateError::Parse(e.to_string()))?;
+        values = serde_saphyr::from_multiple::<Exact>(input)
+            .map_err(|e| MutateError::Parse(e.to_string()))?
+            .into_iter()
+            .map(|Exact(v)| v)
+            .collect();
     }
     let mut docs = Vec::new();
     for v in values.into_iter().filter(|v| !v.is_null()) {
@@ -335,6 +339,32 @@ spec:
             out.find("apiVersion").unwrap() < out.find("spec").unwrap(),
             "field order kept"
         );
+    }
+
+    /// Found by fuzzing: with serde_json's own `Value`, an object whose
+    /// first key is serde_json's private raw-value token was read as that
+    /// key's string parsed as JSON. This Service came out with
+    /// `zonewise.io/skip: "true"` in place of its own annotation, and
+    /// unpatched.
+    #[test]
+    fn objects_print_as_written_whatever_their_keys() {
+        let token = "$serde_json::private::RawValue";
+        let skip = r#"{"zonewise.io/skip": "true"}"#;
+        let svc = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "orders", "annotations": {token: skip}},
+            "spec": {"selector": {"app": "orders"}, "ports": [{"port": 80}]}});
+        let yaml = serde_saphyr::to_string(&svc).unwrap();
+        for input in [svc.to_string(), yaml] {
+            let (out, err, s) = mutate(&input, Output::Json);
+            assert_eq!(s.patched, 1, "{err}");
+            let Exact(v) = serde_json::from_str(&out).unwrap();
+            assert_eq!(
+                v["metadata"]["annotations"],
+                json!({token: skip, "zonewise.io/applied": "zone-routing"}),
+                "{input}"
+            );
+            assert_eq!(v["spec"]["trafficDistribution"], "PreferClose");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod json;
 pub mod lookups;
 pub mod names;
 pub mod object;

@@ -23,6 +23,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::LazyLock;
 
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
@@ -132,6 +133,12 @@ impl Budget {
         }
     }
 
+    /// No bound, for input whose size its reader already limits (a
+    /// manifest file, an item of an API server's list).
+    pub fn unlimited() -> Self {
+        Budget::new(usize::MAX)
+    }
+
     /// Some value was skipped for want of budget.
     pub fn exhausted(&self) -> bool {
         self.exhausted.get()
@@ -150,6 +157,15 @@ impl Budget {
             }
         }
     }
+}
+
+/// Parses a whole JSON text keeping what `interest` names; the rest is
+/// still checked as JSON, trailing characters included.
+pub fn parse_str(text: &str, interest: &Interest, budget: &Budget) -> serde_json::Result<Value> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = Sparse(interest, budget).deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
 }
 
 /// Deserializes a `Value` keeping only what an [`Interest`] names.
@@ -240,8 +256,10 @@ impl<'de> Visitor<'de> for SparseVisitor<'_> {
 }
 
 /// A whole `Value`, each node paid for from the budget; once it runs out,
-/// the rest is skipped (still parsed as JSON) and `null` stands in.
-struct Counted<'b>(&'b Budget);
+/// the rest is skipped (still parsed as JSON) and `null` stands in. Unlike
+/// serde_json's own `Value::deserialize` it builds every object as written
+/// (see [`crate::core::json::Exact`]).
+pub(crate) struct Counted<'b>(pub(crate) &'b Budget);
 
 impl<'de> DeserializeSeed<'de> for Counted<'_> {
     type Value = Value;
@@ -315,6 +333,18 @@ impl<'de> Visitor<'de> for CountedVisitor<'_> {
 
     fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
         Ok(self.leaf(Value::Number(v.into())))
+    }
+
+    // Never called by serde_json's reader; YAML readers may. The same
+    // answer as serde_json's `Value`: a number when it fits 64 bits.
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        let n = Number::deserialize(de::value::I128Deserializer::<E>::new(v))?;
+        Ok(self.leaf(Value::Number(n)))
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        let n = Number::deserialize(de::value::U128Deserializer::<E>::new(v))?;
+        Ok(self.leaf(Value::Number(n)))
     }
 
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {

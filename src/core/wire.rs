@@ -12,8 +12,10 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::core::admission::{AdmissionRequest, GroupVersionKind, Operation, Outcome, Verdict};
+use crate::core::json::Exact;
 use crate::core::sparse::{self, Budget};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -73,14 +75,7 @@ pub fn decode_with(body: &[u8], objects: Objects) -> Result<AdmissionRequest, De
     let review = ReviewSeed(objects)
         .deserialize(&mut de)
         .and_then(|r| de.end().map(|()| r))
-        .map_err(|e| {
-            // serde_json's recursion limit (128) turns pathological nesting
-            // into a syntax error here, before it can exhaust the stack.
-            match e.classify() {
-                serde_json::error::Category::Data => DecodeError::NotAReview(e.to_string()),
-                _ => DecodeError::Malformed(e.to_string()),
-            }
-        })?;
+        .map_err(refused)?;
     match (review.api_version.as_deref(), review.kind.as_deref()) {
         (Some(API_VERSION), Some(KIND)) => {}
         (v, k) => {
@@ -91,7 +86,8 @@ pub fn decode_with(body: &[u8], objects: Objects) -> Result<AdmissionRequest, De
             )));
         }
     }
-    let req = review.request.ok_or(DecodeError::NoRequest)?;
+    let mut req = review.request.ok_or(DecodeError::NoRequest)?;
+    req.read_early_objects().map_err(refused)?;
     let uid = req
         .uid
         .filter(|u| !u.is_empty())
@@ -132,6 +128,15 @@ pub fn decode_with(body: &[u8], objects: Objects) -> Result<AdmissionRequest, De
     })
 }
 
+fn refused(e: serde_json::Error) -> DecodeError {
+    // serde_json's recursion limit (128) turns pathological nesting into a
+    // syntax error, before it can exhaust the stack.
+    match e.classify() {
+        serde_json::error::Category::Data => DecodeError::NotAReview(e.to_string()),
+        _ => DecodeError::Malformed(e.to_string()),
+    }
+}
+
 /// The API server's uids are UUIDs (36 characters).
 pub const MAX_UID: usize = 128;
 /// Object names: DNS subdomains, at most 253 characters.
@@ -153,14 +158,13 @@ fn identifier(field: &'static str, value: &str, max: usize) -> Result<(), Decode
 }
 
 #[derive(Default)]
-struct ReviewIn {
+struct ReviewIn<'de> {
     api_version: Option<String>,
     kind: Option<String>,
-    request: Option<RequestIn>,
+    request: Option<RequestIn<'de>>,
 }
 
-#[derive(Default)]
-struct RequestIn {
+struct RequestIn<'de> {
     uid: Option<String>,
     kind: Option<GroupVersionKind>,
     sub_resource: Option<String>,
@@ -172,6 +176,13 @@ struct RequestIn {
     old_object: Option<Value>,
     complete: bool,
     oversized: bool,
+    /// Objects sent before `kind` (the API server never does), as the text
+    /// they are: read once the kind is known, so that the answer does not
+    /// depend on the order of the fields and nothing is built beyond the
+    /// budget.
+    early: [Option<&'de RawValue>; 2],
+    /// One budget for object and oldObject together (see `sparse`).
+    budget: Budget,
 }
 
 /// The review, visited by hand so the objects can be parsed according to
@@ -179,21 +190,21 @@ struct RequestIn {
 struct ReviewSeed(Objects);
 
 impl<'de> DeserializeSeed<'de> for ReviewSeed {
-    type Value = ReviewIn;
+    type Value = ReviewIn<'de>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ReviewIn, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ReviewIn<'de>, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for ReviewSeed {
-    type Value = ReviewIn;
+    type Value = ReviewIn<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an AdmissionReview object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ReviewIn, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ReviewIn<'de>, A::Error> {
         let mut out = ReviewIn::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match key.as_str() {
@@ -212,39 +223,48 @@ impl<'de> Visitor<'de> for ReviewSeed {
 struct RequestSeed(Objects);
 
 impl<'de> DeserializeSeed<'de> for RequestSeed {
-    type Value = Option<RequestIn>;
+    type Value = Option<RequestIn<'de>>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<RequestIn>, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<RequestIn<'de>>, D::Error> {
         d.deserialize_option(self)
     }
 }
 
 impl<'de> Visitor<'de> for RequestSeed {
-    type Value = Option<RequestIn>;
+    type Value = Option<RequestIn<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an AdmissionRequest object")
     }
 
-    fn visit_none<E>(self) -> Result<Option<RequestIn>, E> {
+    fn visit_none<E>(self) -> Result<Option<RequestIn<'de>>, E> {
         Ok(None)
     }
 
-    fn visit_unit<E>(self) -> Result<Option<RequestIn>, E> {
+    fn visit_unit<E>(self) -> Result<Option<RequestIn<'de>>, E> {
         Ok(None)
     }
 
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<RequestIn>, D::Error> {
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<RequestIn<'de>>, D::Error> {
         d.deserialize_map(self)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<RequestIn>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<RequestIn<'de>>, A::Error> {
         let mut out = RequestIn {
+            uid: None,
+            kind: None,
+            sub_resource: None,
+            name: None,
+            namespace: None,
+            operation: None,
+            dry_run: None,
+            object: None,
+            old_object: None,
             complete: true,
-            ..RequestIn::default()
+            oversized: false,
+            early: [None, None],
+            budget: Budget::new(sparse::MAX_VALUES),
         };
-        // One budget for object and oldObject together (see `sparse`).
-        let budget = Budget::new(sparse::MAX_VALUES);
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match key.as_str() {
                 "uid" => out.uid = map.next_value()?,
@@ -255,31 +275,30 @@ impl<'de> Visitor<'de> for RequestSeed {
                 "operation" => out.operation = map.next_value()?,
                 "dryRun" => out.dry_run = map.next_value()?,
                 field @ ("object" | "oldObject") => {
-                    let interest = match (self.0, out.kind.as_ref()) {
-                        (Objects::Full, _) | (Objects::Sparse, None) => None,
-                        (Objects::Sparse, Some(gvk)) => Some(
-                            sparse::interest(gvk)
-                                .map(|(obj, old)| if field == "object" { obj } else { old }),
-                        ),
-                    };
-                    let value = match interest {
-                        None => map.next_value::<Option<Value>>()?,
-                        // A kind no rule handles: its objects are never read.
-                        Some(None) => {
-                            map.next_value::<IgnoredAny>()?;
+                    let slot = usize::from(field == "oldObject");
+                    out.early[slot] = None;
+                    let value = match (self.0, out.kind.as_ref()) {
+                        (Objects::Full, _) => map.next_value::<Option<Exact>>()?.map(|e| e.0),
+                        (Objects::Sparse, None) => {
+                            out.early[slot] = Some(map.next_value()?);
                             None
                         }
-                        Some(Some(i)) => {
-                            out.complete = false;
-                            map.next_value_seed(OptionalSparse(i, &budget))?
-                        }
+                        (Objects::Sparse, Some(gvk)) => match sparse::interest(gvk) {
+                            Some(interests) => {
+                                out.complete = false;
+                                map.next_value_seed(OptionalSparse(
+                                    interests_for(interests, slot),
+                                    &out.budget,
+                                ))?
+                            }
+                            // A kind no rule handles: its objects are never read.
+                            None => {
+                                map.next_value::<IgnoredAny>()?;
+                                None
+                            }
+                        },
                     };
-                    out.oversized |= budget.exhausted();
-                    if field == "object" {
-                        out.object = value;
-                    } else {
-                        out.old_object = value;
-                    }
+                    out.set_object(slot, value);
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -287,6 +306,42 @@ impl<'de> Visitor<'de> for RequestSeed {
             }
         }
         Ok(Some(out))
+    }
+}
+
+/// The interest for `object` (slot 0) or `oldObject` (slot 1).
+fn interests_for(
+    (object, old): (&'static sparse::Interest, &'static sparse::Interest),
+    slot: usize,
+) -> &'static sparse::Interest {
+    if slot == 0 { object } else { old }
+}
+
+impl RequestIn<'_> {
+    /// Reads the objects sent before `kind`. Without a kind the request is
+    /// refused anyway; with one no rule handles, they are never read.
+    fn read_early_objects(&mut self) -> Result<(), serde_json::Error> {
+        if let Some(interests) = self.kind.as_ref().and_then(sparse::interest) {
+            for slot in 0..2 {
+                let Some(raw) = self.early[slot].take() else {
+                    continue;
+                };
+                self.complete = false;
+                let i = interests_for(interests, slot);
+                let value = sparse::parse_str(raw.get(), i, &self.budget)?;
+                self.set_object(slot, (!value.is_null()).then_some(value));
+            }
+        }
+        self.oversized = self.budget.exhausted();
+        Ok(())
+    }
+
+    fn set_object(&mut self, slot: usize, value: Option<Value>) {
+        if slot == 0 {
+            self.object = value;
+        } else {
+            self.old_object = value;
+        }
     }
 }
 
@@ -542,14 +597,18 @@ mod tests {
             Err(DecodeError::Malformed(_))
         ));
         assert!(matches!(decode(b""), Err(DecodeError::Malformed(_))));
-        let deep = format!(
-            r#"{{"apiVersion":"{API_VERSION}","kind":"{KIND}","request":{{"uid":"u","object":{}{}}}}}"#,
-            "[".repeat(100_000),
-            "]".repeat(100_000)
-        );
-        let e = decode(deep.as_bytes()).unwrap_err();
-        assert!(matches!(e, DecodeError::Malformed(_)), "{e}");
-        assert!(e.to_string().contains("recursion limit"), "{e}");
+        let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        for fields in [
+            [("kind", DEPLOYMENT), ("object", &nested)],
+            [("object", &nested), ("kind", DEPLOYMENT)],
+        ] {
+            let e = decode(&review_of(&[("uid", r#""u""#), fields[0], fields[1]])).unwrap_err();
+            assert!(matches!(e, DecodeError::Malformed(_)), "{e}");
+            assert!(e.to_string().contains("recursion limit"), "{e}");
+        }
+        // Skipped without recursing, then refused for what is missing.
+        let e = decode(&review_of(&[("uid", r#""u""#), ("object", &nested)])).unwrap_err();
+        assert!(e.to_string().contains("no kind"), "{e}");
         assert!(matches!(decode(b"[]"), Err(DecodeError::NotAReview(_))));
         assert!(matches!(
             decode(&body(json!({"apiVersion": "v1", "kind": "Pod"}))),
@@ -609,6 +668,141 @@ mod tests {
         for objects in [Objects::Sparse, Objects::Full] {
             let e = decode_with(&body, objects).unwrap_err();
             assert!(matches!(e, DecodeError::Malformed(_)), "{e}");
+        }
+    }
+
+    const DEPLOYMENT: &str = r#"{"group": "apps", "version": "v1", "kind": "Deployment"}"#;
+
+    /// A review whose request is `fields`, written in that order.
+    fn review_of(fields: &[(&str, &str)]) -> Vec<u8> {
+        let request: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("\"{k}\": {v}"))
+            .collect();
+        format!(
+            r#"{{"apiVersion": "{API_VERSION}", "kind": "{KIND}", "request": {{{}}}}}"#,
+            request.join(", ")
+        )
+        .into_bytes()
+    }
+
+    /// The API server sends `kind` before the objects; a body with the
+    /// objects first decodes to the same request, and builds no more of it.
+    #[test]
+    fn objects_before_the_kind_decode_the_same() {
+        let object = r#"{"metadata": {"name": "web", "annotations": {"a": "b"}},
+                         "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c"}]}}}}"#;
+        let old = r#"{"metadata": {"name": "web"}, "status": {"replicas": 1}}"#;
+        let first = review_of(&[
+            ("uid", r#""u""#),
+            ("kind", DEPLOYMENT),
+            ("operation", r#""UPDATE""#),
+            ("object", object),
+            ("oldObject", old),
+        ]);
+        let last = review_of(&[
+            ("uid", r#""u""#),
+            ("object", object),
+            ("oldObject", old),
+            ("operation", r#""UPDATE""#),
+            ("kind", DEPLOYMENT),
+        ]);
+        let (first, last) = (decode(&first).unwrap(), decode(&last).unwrap());
+        assert_eq!(first.object, last.object);
+        assert_eq!(first.old_object, last.old_object);
+        assert_eq!((last.complete, last.oversized), (false, false));
+        let kept = last.object.unwrap();
+        assert_eq!(kept["spec"]["replicas"], json!(2));
+        assert!(
+            kept["spec"]["template"]["spec"].get("containers").is_none(),
+            "{kept}"
+        );
+        assert!(
+            last.old_object.unwrap().get("status").is_none(),
+            "not read, not built"
+        );
+
+        // A repeated object: the last one counts, in any order.
+        let name = |fields: &[(&str, &str)]| {
+            let req = decode(&review_of(fields)).unwrap();
+            req.object.unwrap()["metadata"]["name"].clone()
+        };
+        let (early, late) = (
+            r#"{"metadata": {"name": "early"}}"#,
+            r#"{"metadata": {"name": "late"}}"#,
+        );
+        let uid = ("uid", r#""u""#);
+        let op = ("operation", r#""CREATE""#);
+        assert_eq!(
+            name(&[
+                uid,
+                op,
+                ("object", early),
+                ("kind", DEPLOYMENT),
+                ("object", late)
+            ]),
+            "late"
+        );
+        assert_eq!(
+            name(&[
+                uid,
+                op,
+                ("kind", DEPLOYMENT),
+                ("object", early),
+                ("object", late)
+            ]),
+            "late"
+        );
+        assert_eq!(
+            name(&[uid, op, ("object", late), ("kind", DEPLOYMENT)]),
+            "late"
+        );
+
+        // Past the budget, early objects are cut short and say so, as late ones are.
+        let many: Vec<String> = (0..sparse::MAX_VALUES)
+            .map(|i| format!(r#""k{i}": """#))
+            .collect();
+        let big = format!(
+            r#"{{"metadata": {{"annotations": {{{}}}}}}}"#,
+            many.join(",")
+        );
+        let req = decode(&review_of(&[
+            uid,
+            op,
+            ("object", &big),
+            ("kind", DEPLOYMENT),
+        ]))
+        .unwrap();
+        assert!(req.oversized);
+        // A kind no rule reads: its objects are neither built nor refused.
+        let cm = r#"{"group": "", "version": "v1", "kind": "ConfigMap"}"#;
+        let req = decode(&review_of(&[uid, op, ("object", object), ("kind", cm)])).unwrap();
+        assert_eq!((req.object, req.complete), (None, true));
+    }
+
+    /// Found by fuzzing: serde_json's own `Value` reads an object whose
+    /// first key is its private raw-value token as that key's string parsed
+    /// as JSON; an annotation with that key changed the object, or made a
+    /// valid review unreadable.
+    #[test]
+    fn objects_are_read_as_written_whatever_their_keys() {
+        let token = "$serde_json::private::RawValue";
+        for value in [r#""{\"zonewise.io/skip\": \"true\"}""#, r#""shop/orders""#] {
+            let object = format!(
+                r#"{{"metadata": {{"name": "web", "annotations": {{"{token}": {value}}}}}}}"#
+            );
+            let written: Value = json!({token: serde_json::from_str::<String>(value).unwrap()});
+            let uid = ("uid", r#""u""#);
+            let op = ("operation", r#""CREATE""#);
+            for fields in [
+                [uid, op, ("kind", DEPLOYMENT), ("object", &object)],
+                [uid, op, ("object", &object), ("kind", DEPLOYMENT)],
+            ] {
+                for objects in [Objects::Sparse, Objects::Full] {
+                    let req = decode_with(&review_of(&fields), objects).unwrap();
+                    assert_eq!(req.object.unwrap()["metadata"]["annotations"], written);
+                }
+            }
         }
     }
 

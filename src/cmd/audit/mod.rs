@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use crate::core::admission::{AdmissionRequest, GroupVersionKind, Kind, Operation, Rule, Verdict};
 use crate::core::config::{Config, ObjectRef};
+use crate::core::json::Exact;
 use crate::core::lookups::{DaemonSetFacts, InMemory, Lookup, Lookups, ServiceFacts};
 use crate::core::object;
 use crate::core::policy::{Environment, Policy};
@@ -298,7 +299,7 @@ async fn collect(
     for ns in &namespaces {
         lister
             .each(&list::SERVICES, ns.as_deref(), None, |raw| {
-                let svc: Value = parse(raw)?;
+                let Exact(svc) = parse(raw)?;
                 let r = ObjectRef::new(
                     object::str_at(&svc, &["metadata", "namespace"]).unwrap_or(""),
                     object::display_name(&svc),
@@ -417,7 +418,7 @@ async fn collect(
         for ns in &namespaces {
             lister
                 .each(&res, ns.as_deref(), None, |raw| {
-                    let obj: Value = parse(raw)?;
+                    let Exact(obj) = parse(raw)?;
                     if !in_scope(object::str_at(&obj, &["metadata", "namespace"]).unwrap_or("")) {
                         return Ok(());
                     }

@@ -16,6 +16,7 @@
 //! warning, since some zone then has fewer local endpoints than clients.
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 use k8s_openapi::api::core::v1::{NodeAffinity, TopologySpreadConstraint};
 use serde_json::{Map, Value, json};
@@ -27,6 +28,7 @@ use super::{
 use crate::core::config::WhenUnsatisfiable;
 use crate::core::object;
 use crate::core::patch::PatchError;
+use crate::core::sparse::{self, Budget, Interest};
 use crate::core::versions::RoutingMode;
 use crate::core::warnings::Priority;
 
@@ -339,9 +341,15 @@ fn warn_capacity(w: &Value, ctx: &Context<'_>, zones: Option<usize>, out: &mut M
 /// apply field manager that does not own it. Other clients (`kubectl
 /// create`, Helm) leave no such record, so their defaulted 1 counts.
 pub fn declared_replicas(w: &Value) -> Option<i64> {
+    // The annotation is JSON in a string, as large as the body. Only its
+    // `spec.replicas` is built (64 values at most, for a record where it is
+    // no number), the rest only checked as JSON: building all of it took
+    // 330 MiB for a 7 MiB record, past a pod's memory limit (hostile test).
+    static APPLIED_REPLICAS: LazyLock<Interest> =
+        LazyLock::new(|| Interest::of_paths([&["spec", "replicas"][..]]));
     let replicas = object::at(w, &["spec", "replicas"])?.as_i64()?;
     if let Some(last) = object::annotation(w, LAST_APPLIED)
-        && let Ok(applied) = serde_json::from_str::<Value>(last)
+        && let Ok(applied) = sparse::parse_str(last, &APPLIED_REPLICAS, &Budget::new(64))
     {
         return object::at(&applied, &["spec", "replicas"]).map(|_| replicas);
     }
@@ -703,6 +711,28 @@ mod tests {
         assert!(run_yaml(&applied, three).1.is_empty());
         let declared = annotated(replicas(1), LAST_APPLIED, r#"{"spec":{"replicas":1}}"#);
         assert_eq!(run_yaml(&declared, three).1.len(), 1);
+        // The record is read as the JSON it is: only `spec.replicas` is
+        // built, whatever else it holds, and keys that serde_json's own
+        // `Value` would misread stay keys.
+        let padded = format!(
+            r#"{{"spec":{{"replicas":1,"pad":[{}0]}},"x":{{}}}}"#,
+            "0,".repeat(10_000)
+        );
+        assert_eq!(
+            run_yaml(&annotated(replicas(1), LAST_APPLIED, &padded), three)
+                .1
+                .len(),
+            1
+        );
+        let token = r#"{"$serde_json::private::RawValue":"{\"spec\":{\"replicas\":1}}"}"#;
+        assert!(
+            run_yaml(&annotated(replicas(1), LAST_APPLIED, token), three)
+                .1
+                .is_empty()
+        );
+        // Not JSON: no record, so the defaulted 1 counts.
+        let broken = annotated(replicas(1), LAST_APPLIED, r#"{"spec":{"replicas":1}"#);
+        assert_eq!(run_yaml(&broken, three).1.len(), 1);
         // Server-side apply: the applier does not own spec.replicas.
         let ssa = |owns: bool| {
             let fields = if owns {
