@@ -321,7 +321,10 @@ impl RequestIn<'_> {
     /// Reads the objects sent before `kind`. Without a kind the request is
     /// refused anyway; with one no rule handles, they are never read.
     fn read_early_objects(&mut self) -> Result<(), serde_json::Error> {
-        if let Some(interests) = self.kind.as_ref().and_then(sparse::interest) {
+        // The usual order has none: no kind lookup for it.
+        if self.early.iter().any(Option::is_some)
+            && let Some(interests) = self.kind.as_ref().and_then(sparse::interest)
+        {
             for slot in 0..2 {
                 let Some(raw) = self.early[slot].take() else {
                     continue;
