@@ -7,8 +7,12 @@ use zonewise::core::config::Config;
 use zonewise::core::policy::{Environment, Policy};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(config) = Config::from_yaml(text) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(config) = Config::from_yaml(text) else {
+        return;
+    };
     let policy = Policy::new(config.clone(), &Environment::default());
     let _ = policy.describe();
     let again = Config::from_yaml(&config.to_yaml()).expect("rendered config loads");

@@ -3,14 +3,25 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zonewise::core::policy::Policy;
 use zonewise::cmd::mutate::{Output, run};
+use zonewise::core::policy::Policy;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let mut out = Vec::new();
     let mut err = Vec::new();
-    if run(text, Output::Yaml, &Policy::default(), "default", &mut out, &mut err).is_ok() {
+    if run(
+        text,
+        Output::Yaml,
+        &Policy::default(),
+        "default",
+        &mut out,
+        &mut err,
+    )
+    .is_ok()
+    {
         let printed = String::from_utf8(out).expect("output is UTF-8");
         serde_saphyr::from_multiple::<serde_json::Value>(&printed).expect("output is YAML");
     }

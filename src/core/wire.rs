@@ -809,6 +809,38 @@ mod tests {
         }
     }
 
+    /// Found by fuzzing: a number beyond an f64's range is valid JSON (RFC
+    /// 8259 leaves range to implementations). Where no rule reads it, it is
+    /// only scanned, as the API server's decoder scans fields it drops;
+    /// where a rule reads it, it cannot be built and the review is refused
+    /// as malformed, as the whole parse (`zonewise mutate`) refuses it.
+    #[test]
+    fn numbers_beyond_f64_are_refused_only_where_they_are_read() {
+        let review = |spec: &str| {
+            review_of(&[
+                ("uid", r#""u""#),
+                ("operation", r#""CREATE""#),
+                ("kind", DEPLOYMENT),
+                ("object", &format!(r#"{{"spec": {spec}}}"#)),
+            ])
+        };
+        let skipped = review(r#"{"progressDeadlineSeconds": 5E600, "replicas": 2}"#);
+        assert_eq!(
+            decode(&skipped).unwrap().object.unwrap()["spec"],
+            json!({"replicas": 2})
+        );
+        let e = decode_with(&skipped, Objects::Full).unwrap_err();
+        assert!(
+            matches!(e, DecodeError::Malformed(_)) && e.to_string().contains("out of range"),
+            "{e}"
+        );
+        let read = review(r#"{"replicas": 5E600}"#);
+        for objects in [Objects::Sparse, Objects::Full] {
+            let e = decode_with(&read, objects).unwrap_err();
+            assert!(matches!(e, DecodeError::Malformed(_)), "{e}");
+        }
+    }
+
     /// The spliced answer is byte for byte what serde_json writes for the
     /// whole response, for every verdict, with and without warnings.
     #[test]
