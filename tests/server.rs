@@ -150,9 +150,11 @@ async fn bad_input_table() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
 
-    // 400s name the problem
+    // 400s name the problem. Nesting past the limit where the object is
+    // read (its kind known); a part no rule reads is only scanned, without
+    // recursing, whatever its depth.
     let deep = format!(
-        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","object":{}{}}}}}"#,
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{{"group":"apps","version":"v1","kind":"Deployment"}},"object":{}{}}}}}"#,
         "[".repeat(5000),
         "]".repeat(5000)
     );
