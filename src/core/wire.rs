@@ -809,6 +809,36 @@ mod tests {
         }
     }
 
+    /// Found by fuzzing: a `\u` escape of half a surrogate pair, left
+    /// unpaired, in a string no rule reads is only scanned (Go's decoder,
+    /// the API server's, accepts it too); in a string a rule reads, and in
+    /// the whole parse, it is refused as malformed.
+    #[test]
+    fn unpaired_surrogates_are_refused_only_where_they_are_read() {
+        let review = |metadata: &str| {
+            review_of(&[
+                ("uid", r#""u""#),
+                ("operation", r#""CREATE""#),
+                ("kind", DEPLOYMENT),
+                ("object", &format!(r#"{{"metadata": {metadata}}}"#)),
+            ])
+        };
+        for lone in [r"\uDAAAng", r"\uDC00", r"\uD800\u0041"] {
+            let skipped = review(&format!(r#"{{"name": "web", "finalizers": ["a{lone}"]}}"#));
+            assert_eq!(
+                decode(&skipped).unwrap().object.unwrap()["metadata"],
+                json!({"name": "web"})
+            );
+            let e = decode_with(&skipped, Objects::Full).unwrap_err();
+            assert!(matches!(e, DecodeError::Malformed(_)), "{lone}: {e}");
+            let read = review(&format!(r#"{{"name": "w{lone}"}}"#));
+            for objects in [Objects::Sparse, Objects::Full] {
+                let e = decode_with(&read, objects).unwrap_err();
+                assert!(matches!(e, DecodeError::Malformed(_)), "{lone}: {e}");
+            }
+        }
+    }
+
     /// Found by fuzzing: a number beyond an f64's range is valid JSON (RFC
     /// 8259 leaves range to implementations). Where no rule reads it, it is
     /// only scanned, as the API server's decoder scans fields it drops;
