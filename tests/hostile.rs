@@ -807,7 +807,7 @@ async fn a_huge_last_applied_record_is_not_built() {
 
 /// An object sent before the request's kind (no API server does) is
 /// read as sparsely as one sent after it: the same answer, and no more
-/// memory for an ~8 MiB array no rule reads.
+/// memory for a ~7 MiB array no rule reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_before_its_kind_is_read_as_sparsely() {
     let h = Hostile::pod(&[]);

@@ -689,6 +689,16 @@ mod tests {
         .into_bytes()
     }
 
+    /// The review of a Deployment's creation, in the API server's order.
+    fn create(object: &str) -> Vec<u8> {
+        review_of(&[
+            ("uid", r#""u""#),
+            ("operation", r#""CREATE""#),
+            ("kind", DEPLOYMENT),
+            ("object", object),
+        ])
+    }
+
     /// The API server sends `kind` before the objects; a body with the
     /// objects first decodes to the same request, and builds no more of it.
     #[test]
@@ -815,14 +825,7 @@ mod tests {
     /// the whole parse, it is refused as malformed.
     #[test]
     fn unpaired_surrogates_are_refused_only_where_they_are_read() {
-        let review = |metadata: &str| {
-            review_of(&[
-                ("uid", r#""u""#),
-                ("operation", r#""CREATE""#),
-                ("kind", DEPLOYMENT),
-                ("object", &format!(r#"{{"metadata": {metadata}}}"#)),
-            ])
-        };
+        let review = |metadata: &str| create(&format!(r#"{{"metadata": {metadata}}}"#));
         for lone in [r"\uDAAAng", r"\uDC00", r"\uD800\u0041"] {
             let skipped = review(&format!(r#"{{"name": "web", "finalizers": ["a{lone}"]}}"#));
             assert_eq!(
@@ -846,14 +849,7 @@ mod tests {
     /// as malformed, as the whole parse (`zonewise mutate`) refuses it.
     #[test]
     fn numbers_beyond_f64_are_refused_only_where_they_are_read() {
-        let review = |spec: &str| {
-            review_of(&[
-                ("uid", r#""u""#),
-                ("operation", r#""CREATE""#),
-                ("kind", DEPLOYMENT),
-                ("object", &format!(r#"{{"spec": {spec}}}"#)),
-            ])
-        };
+        let review = |spec: &str| create(&format!(r#"{{"spec": {spec}}}"#));
         let skipped = review(r#"{"progressDeadlineSeconds": 5E600, "replicas": 2}"#);
         assert_eq!(
             decode(&skipped).unwrap().object.unwrap()["spec"],
