@@ -21,7 +21,7 @@ use crate::core::sparse::{Budget, Counted};
 /// size its reader already limits (a manifest file, an item of an API
 /// server's list); the admission path bounds what it builds with a
 /// [`Budget`] of its own.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Exact(pub Value);
 
 impl<'de> Deserialize<'de> for Exact {
@@ -88,5 +88,20 @@ mod tests {
             exact.0,
             json!({"metadata": {"annotations": {TOKEN: "{\"a\": 1}"}}, "big": 12345678901234567890u64})
         );
+        // Integers past 64 bits: the same answer as serde_json's `Value`
+        // (serde-saphyr hands them over as floats).
+        for big in [
+            "123456789012345678901234567890",
+            "-123456789012345678901234567890",
+            "-9223372036854775809",
+        ] {
+            let exact = serde_saphyr::from_str::<Exact>(big).map(|e| e.0);
+            let plain = serde_saphyr::from_str::<Value>(big);
+            match (exact, plain) {
+                (Ok(e), Ok(p)) => assert_eq!(e, p, "{big}"),
+                (Err(_), Err(_)) => {}
+                (e, p) => panic!("{big}: {e:?} against {p:?}"),
+            }
+        }
     }
 }

@@ -23,7 +23,6 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::LazyLock;
 
-use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
@@ -333,18 +332,6 @@ impl<'de> Visitor<'de> for CountedVisitor<'_> {
 
     fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
         Ok(self.leaf(Value::Number(v.into())))
-    }
-
-    // Never called by serde_json's reader; YAML readers may. The same
-    // answer as serde_json's `Value`: a number when it fits 64 bits.
-    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
-        let n = Number::deserialize(de::value::I128Deserializer::<E>::new(v))?;
-        Ok(self.leaf(Value::Number(n)))
-    }
-
-    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
-        let n = Number::deserialize(de::value::U128Deserializer::<E>::new(v))?;
-        Ok(self.leaf(Value::Number(n)))
     }
 
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
