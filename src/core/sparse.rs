@@ -388,10 +388,7 @@ mod tests {
 
     fn sparse(interest: &Interest, v: &Value) -> Value {
         let text = serde_json::to_string(v).unwrap();
-        let mut de = serde_json::Deserializer::from_str(&text);
-        Sparse(interest, &Budget::new(MAX_VALUES))
-            .deserialize(&mut de)
-            .unwrap()
+        parse_str(&text, interest, &Budget::new(MAX_VALUES)).unwrap()
     }
 
     #[test]
@@ -472,22 +469,14 @@ mod tests {
     #[test]
     fn escaped_keys_still_match() {
         let text = r#"{"k\u0069nd": "Service", "spec": {"type": "ClusterIP"}, "other": "\u00e9"}"#;
-        let mut de = serde_json::Deserializer::from_str(text);
-        let v = Sparse(interest(Kind::Service), &Budget::new(10))
-            .deserialize(&mut de)
-            .unwrap();
+        let v = parse_str(text, interest(Kind::Service), &Budget::new(10)).unwrap();
         assert_eq!(v, json!({"kind": "Service", "spec": {"type": "ClusterIP"}}));
     }
 
     #[test]
     fn invalid_json_in_skipped_parts_is_still_an_error() {
         let text = r#"{"kind": "Deployment", "status": {"x": tru}}"#;
-        let mut de = serde_json::Deserializer::from_str(text);
-        assert!(
-            Sparse(interest(Kind::Deployment), &Budget::new(10))
-                .deserialize(&mut de)
-                .is_err()
-        );
+        assert!(parse_str(text, interest(Kind::Deployment), &Budget::new(10)).is_err());
     }
 
     #[test]
@@ -496,19 +485,13 @@ mod tests {
         let svc = json!({"metadata": {"annotations": many}, "spec": {"type": "ClusterIP"}});
         let text = serde_json::to_string(&svc).unwrap();
         let budget = Budget::new(100);
-        let mut de = serde_json::Deserializer::from_str(&text);
-        let v = Sparse(interest(Kind::Service), &budget)
-            .deserialize(&mut de)
-            .unwrap();
+        let v = parse_str(&text, interest(Kind::Service), &budget).unwrap();
         assert!(budget.exhausted());
         let kept = v["metadata"]["annotations"].as_object().map_or(0, Map::len);
         assert!(kept < 100, "{kept}");
         // Within budget nothing is lost or flagged.
         let budget = Budget::new(MAX_VALUES);
-        let mut de = serde_json::Deserializer::from_str(&text);
-        let v = Sparse(interest(Kind::Service), &budget)
-            .deserialize(&mut de)
-            .unwrap();
+        let v = parse_str(&text, interest(Kind::Service), &budget).unwrap();
         assert!(!budget.exhausted());
         assert_eq!(v, svc);
     }
