@@ -540,16 +540,27 @@ mod tests {
             "{:?}",
             out.warnings
         );
-        let mut no_template = deployment();
-        no_template["spec"]
-            .as_object_mut()
-            .unwrap()
-            .remove("template");
-        assert!(
-            run(&crate::core::wire::decode(&body(no_template)).unwrap())
-                .patch()
-                .is_none()
-        );
+        // A spec without a field apps/v1 requires gets the same answer
+        // whether the object was read sparsely (the admission path) or
+        // whole (`zonewise mutate`), though k8s-openapi would default it.
+        for missing in ["template", "selector"] {
+            let mut dep = deployment();
+            dep["spec"].as_object_mut().unwrap().remove(missing);
+            for objects in [
+                crate::core::wire::Objects::Sparse,
+                crate::core::wire::Objects::Full,
+            ] {
+                let req = crate::core::wire::decode_with(&body(dep.clone()), objects).unwrap();
+                let out = run(&req);
+                assert!(out.patch().is_none(), "{missing} {objects:?}");
+                assert!(
+                    out.warnings[0]
+                        .contains(&format!("does not parse (missing field `spec.{missing}`)")),
+                    "{missing} {objects:?}: {:?}",
+                    out.warnings
+                );
+            }
+        }
         let sparse = run(&crate::core::wire::decode(&body(deployment())).unwrap());
         let full = run(&crate::core::wire::decode_with(
             &body(deployment()),

@@ -252,14 +252,18 @@ pub fn declared_reads(kind: Kind, old: bool) -> impl Iterator<Item = &'static Re
 /// the whole object into the same types before calling a webhook.
 pub fn typed_check(kind: Kind, obj: &Value, complete: bool) -> Result<(), String> {
     let spec = kind_spec(kind);
-    if complete {
-        return (spec.whole)(obj);
-    }
+    // Checked here for whole objects too: k8s-openapi reads a missing
+    // required field as its default, so its types alone would accept what
+    // the sparse check refuses (found by fuzzing the two against each
+    // other).
     for path in spec.required {
         let parent = &path[..path.len() - 1];
         if object::at(obj, parent).is_some() && object::at(obj, path).is_none() {
             return Err(format!("missing field `{}`", path.join(".")));
         }
+    }
+    if complete {
+        return (spec.whole)(obj);
     }
     for r in declared_reads(kind, false) {
         check_path(obj, r.path, r, 0)?;
@@ -529,12 +533,24 @@ mod tests {
                           "template": {"spec": {"topologySpreadConstraints": "no"}}}});
         let e = typed_check(Kind::Deployment, &dep, false).unwrap_err();
         assert!(e.contains("topologySpreadConstraints"), "{e}");
-        let e =
-            typed_check(Kind::Deployment, &json!({"spec": {"template": {}}}), false).unwrap_err();
-        assert!(e.contains("spec.selector"), "{e}");
-        // Required of a spec that is there, as in the k8s-openapi types.
-        assert!(typed_check(Kind::Deployment, &json!({"metadata": {}}), false).is_ok());
-        assert!(typed_check(Kind::Deployment, &json!({"metadata": {}}), true).is_ok());
+        // Required of a spec that is there, in a whole object as in a
+        // sparse one (k8s-openapi alone would default them).
+        for complete in [false, true] {
+            for (spec, missing) in [
+                (json!({"template": {}}), "spec.selector"),
+                (
+                    json!({"selector": {"matchLabels": {"app": "x"}}}),
+                    "spec.template",
+                ),
+                (json!({"replicas": 3}), "spec.selector"),
+            ] {
+                for kind in [Kind::Deployment, Kind::StatefulSet] {
+                    let e = typed_check(kind, &json!({"spec": spec}), complete).unwrap_err();
+                    assert_eq!(e, format!("missing field `{missing}`"), "{kind} {complete}");
+                }
+            }
+            assert!(typed_check(Kind::Deployment, &json!({"metadata": {}}), complete).is_ok());
+        }
         let e = typed_check(Kind::Service, &json!({"spec": "oops"}), false).unwrap_err();
         assert!(e.contains("spec: expected an object"), "{e}");
         assert!(
