@@ -1,0 +1,92 @@
+//! Any bytes as JSON (and as YAML), through the two readers that stand in
+//! for serde_json's own `Value` on input: `core::json::Exact` (manifests,
+//! list items) and `sparse::parse_str` (one path of kubectl's last-applied
+//! record, for zone-spread). Invariants: `Exact` accepts, refuses and reads
+//! exactly what serde_json's `Value` does, errors worded the same, but for
+//! the one key serde_json's `raw_value` feature misreads; the sparse read
+//! of `spec.replicas` keeps the whole read's value there, and refuses only
+//! what the whole read refuses, but for the two things it only scans
+//! (unpaired surrogates, numbers beyond an f64's range).
+#![no_main]
+
+use std::sync::LazyLock;
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use zonewise::core::json::Exact;
+use zonewise::core::sparse::{self, Budget, Interest};
+
+/// What serde_json's `Value` misreads under `raw_value` (core::json).
+const TOKEN: &str = "$serde_json::private::RawValue";
+
+static REPLICAS: LazyLock<Interest> =
+    LazyLock::new(|| Interest::of_paths([&["spec", "replicas"][..]]));
+
+fuzz_target!(|data: &[u8]| {
+    if data.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()) {
+        return;
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        // Bytes that are not UTF-8: both readers refuse them alike.
+        let exact = serde_json::from_slice::<Exact>(data).map(|e| e.0);
+        let plain = serde_json::from_slice::<Value>(data);
+        same(exact, plain, data);
+        return;
+    };
+    same(
+        serde_json::from_str::<Exact>(text).map(|e| e.0),
+        serde_json::from_str::<Value>(text),
+        data,
+    );
+    let yaml_exact = serde_saphyr::from_str::<Exact>(text).map(|e| e.0);
+    let yaml_plain = serde_saphyr::from_str::<Value>(text);
+    match (yaml_exact, yaml_plain) {
+        (Ok(e), Ok(p)) => assert_eq!(written(&e), written(&p), "YAML read the same"),
+        (Err(e), Err(p)) => assert_eq!(e.to_string(), p.to_string(), "YAML refused the same"),
+        (e, p) => panic!("YAML: Exact {e:?} against Value {p:?}"),
+    }
+
+    let whole = serde_json::from_str::<Value>(text);
+    match (
+        sparse::parse_str(text, &REPLICAS, &Budget::unlimited()),
+        whole,
+    ) {
+        (Ok(kept), Ok(whole)) => assert_eq!(
+            replicas(&kept),
+            replicas(&whole),
+            "the sparse read keeps spec.replicas"
+        ),
+        (Ok(_), Err(e)) => assert!(
+            [
+                "unicode code point",
+                "surrogate",
+                "end of hex escape",
+                "number out of range"
+            ]
+            .iter()
+            .any(|skipped| e.to_string().contains(skipped)),
+            "the sparse read accepts only what the whole read accepts, but for what it scans: {e}"
+        ),
+        (Err(e), Ok(_)) => panic!("the sparse read refuses valid JSON: {e}"),
+        (Err(_), Err(_)) => {}
+    }
+});
+
+fn same(exact: serde_json::Result<Value>, plain: serde_json::Result<Value>, data: &[u8]) {
+    match (exact, plain) {
+        (Ok(e), Ok(p)) => assert_eq!(written(&e), written(&p), "read the same: {data:?}"),
+        (Err(e), Err(p)) => assert_eq!(e.to_string(), p.to_string(), "refused the same"),
+        (e, p) => panic!("Exact {e:?} against Value {p:?}"),
+    }
+}
+
+/// A value as JSON text, so that key order counts too (maps compare
+/// without it).
+fn written(v: &Value) -> String {
+    serde_json::to_string(v).expect("a Value always serializes")
+}
+
+/// `spec.replicas` as a reader kept it; `None` where `spec` is no object.
+fn replicas(v: &Value) -> Option<&Value> {
+    v.get("spec")?.get("replicas")
+}
