@@ -330,8 +330,11 @@ fn deployment() -> impl Strategy<Value = Value> {
             Just(json!({"zonewise.io/calls": "orders"})),
             Just(json!({"zonewise.io/skip": "true", "x": "y"})),
         ]),
+        // Now and then without the selector or the template apps/v1
+        // requires (k8s-openapi alone would default them).
+        (prop::bool::weighted(0.9), prop::bool::weighted(0.9)),
     )
-        .prop_map(|((mut meta, managed), mut labels, pod, replicas, template_ann)| {
+        .prop_map(|((mut meta, managed), mut labels, pod, replicas, template_ann, (has_selector, has_template))| {
             if let Some(m) = managed {
                 meta["managedFields"] = m;
             }
@@ -344,8 +347,12 @@ fn deployment() -> impl Strategy<Value = Value> {
             template.insert("metadata".into(), template_meta);
             put(&mut template, "spec", pod);
             let mut spec = Map::new();
-            spec.insert("selector".into(), json!({"matchLabels": {"app": "web"}}));
-            spec.insert("template".into(), Value::Object(template));
+            if has_selector {
+                spec.insert("selector".into(), json!({"matchLabels": {"app": "web"}}));
+            }
+            if has_template {
+                spec.insert("template".into(), Value::Object(template));
+            }
             put(&mut spec, "replicas", replicas);
             json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": spec, "status": {}})
         })
