@@ -4,9 +4,10 @@
 //! record, for zone-spread). Invariants: `Exact` accepts, refuses and reads
 //! exactly what serde_json's `Value` does, errors worded the same, but for
 //! the one key serde_json's `raw_value` feature misreads; the sparse read
-//! of `spec.replicas` keeps the whole read's value there, and refuses only
-//! what the whole read refuses, but for the two things it only scans
-//! (unpaired surrogates, numbers beyond an f64's range).
+//! of `spec.replicas` keeps the whole read's value there, refuses nothing
+//! the whole read accepts, and accepts what the whole read refuses only in
+//! the two things it only scans (unpaired surrogates, numbers beyond an
+//! f64's range).
 #![no_main]
 
 use std::sync::LazyLock;

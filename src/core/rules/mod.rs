@@ -245,11 +245,11 @@ pub fn declared_reads(kind: Kind, old: bool) -> impl Iterator<Item = &'static Re
         .chain(rules_for(kind).flat_map(move |r| if old { r.reads_old } else { r.reads }))
 }
 
-/// The typed check before the rules run. A whole object is checked as its
-/// k8s-openapi type; a sparse one in every declared path, each as its
-/// declared type (every path a rule reads or a patch writes is in there),
-/// plus the paths its kind requires. The API server has already decoded
-/// the whole object into the same types before calling a webhook.
+/// The typed check before the rules run: the paths its kind requires, then
+/// a whole object as its k8s-openapi type, a sparse one in every declared
+/// path, each as its declared type (every path a rule reads or a patch
+/// writes is in there). The API server has already decoded the whole
+/// object into the same types before calling a webhook.
 pub fn typed_check(kind: Kind, obj: &Value, complete: bool) -> Result<(), String> {
     let spec = kind_spec(kind);
     // Checked here for whole objects too: k8s-openapi reads a missing
