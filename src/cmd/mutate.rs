@@ -368,6 +368,23 @@ spec:
     }
 
     #[test]
+    fn a_workload_without_its_required_template_previews_as_the_webhook_answers() {
+        // k8s-openapi alone reads a missing template as an empty one, and
+        // this preview once added a pod template the webhook never would.
+        let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}}});
+        let (out, err, s) = mutate(&dep.to_string(), Output::Json);
+        assert_eq!((s.reviewed, s.patched), (1, 0), "{err}");
+        assert!(
+            err.contains("does not parse (missing field `spec.template`)"),
+            "{err}"
+        );
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v, dep);
+    }
+
+    #[test]
     fn json_list_and_patch_output() {
         let (out, _, _) = mutate(TWO_DOCS, Output::Json);
         let v: Value = serde_json::from_str(&out).unwrap();
