@@ -9,6 +9,7 @@
 //! the two things it only scans ([`only_scanned`]).
 #![no_main]
 
+use std::fmt::{Debug, Display};
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -29,36 +30,36 @@ fuzz_target!(|data: &[u8]| {
     }
     let Ok(text) = std::str::from_utf8(data) else {
         // Bytes that are not UTF-8: both readers refuse them alike.
-        let exact = serde_json::from_slice::<Exact>(data).map(|e| e.0);
-        let plain = serde_json::from_slice::<Value>(data);
-        same(exact, plain, data);
+        same(
+            "JSON bytes",
+            serde_json::from_slice::<Exact>(data).map(|e| e.0),
+            &serde_json::from_slice::<Value>(data),
+        );
         return;
     };
-    same(
-        serde_json::from_str::<Exact>(text).map(|e| e.0),
-        serde_json::from_str::<Value>(text),
-        data,
-    );
-    let yaml_exact = serde_saphyr::from_str::<Exact>(text).map(|e| e.0);
-    let yaml_plain = serde_saphyr::from_str::<Value>(text);
-    match (yaml_exact, yaml_plain) {
-        (Ok(e), Ok(p)) => assert_eq!(written(&e), written(&p), "YAML read the same"),
-        (Err(e), Err(p)) => assert_eq!(e.to_string(), p.to_string(), "YAML refused the same"),
-        (e, p) => panic!("YAML: Exact {e:?} against Value {p:?}"),
-    }
-
     let whole = serde_json::from_str::<Value>(text);
+    same(
+        "JSON",
+        serde_json::from_str::<Exact>(text).map(|e| e.0),
+        &whole,
+    );
+    same(
+        "YAML",
+        serde_saphyr::from_str::<Exact>(text).map(|e| e.0),
+        &serde_saphyr::from_str::<Value>(text),
+    );
+
     match (
         sparse::parse_str(text, &REPLICAS, &Budget::unlimited()),
-        whole,
+        &whole,
     ) {
         (Ok(kept), Ok(whole)) => assert_eq!(
             replicas(&kept),
-            replicas(&whole),
+            replicas(whole),
             "the sparse read keeps spec.replicas"
         ),
         (Ok(_), Err(e)) => assert!(
-            only_scanned(&e),
+            only_scanned(e),
             "the sparse read accepts only what the whole read accepts, but for what it scans: {e}"
         ),
         (Err(e), Ok(_)) => panic!("the sparse read refuses valid JSON: {e}"),
@@ -66,11 +67,13 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn same(exact: serde_json::Result<Value>, plain: serde_json::Result<Value>, data: &[u8]) {
+/// `Exact` and serde_json's `Value` read the same value, or refuse with the
+/// same error.
+fn same<E: Display + Debug>(input: &str, exact: Result<Value, E>, plain: &Result<Value, E>) {
     match (exact, plain) {
-        (Ok(e), Ok(p)) => assert_eq!(written(&e), written(&p), "read the same: {data:?}"),
-        (Err(e), Err(p)) => assert_eq!(e.to_string(), p.to_string(), "refused the same"),
-        (e, p) => panic!("Exact {e:?} against Value {p:?}"),
+        (Ok(e), Ok(p)) => assert_eq!(written(&e), written(p), "{input} read the same"),
+        (Err(e), Err(p)) => assert_eq!(e.to_string(), p.to_string(), "{input} refused the same"),
+        (e, p) => panic!("{input}: Exact {e:?} against Value {p:?}"),
     }
 }
 

@@ -1,11 +1,11 @@
 //! Any bytes as an AdmissionReview body, through the admission path: decode
-//! (sparse), review on both endpoints under two policies, encode. Invariants: no panic; the
-//! response is valid JSON; a body that decodes sparsely decodes whole too,
-//! but for the two things the sparse parse only scans where no rule reads
-//! ([`only_scanned`]); a patch applies to the whole object; and where the
-//! whole object parses as its Kubernetes type, the answer is the same
-//! whether the object was read sparsely or whole (the property test's
-//! invariant, on inputs no generator writes).
+//! (sparse), review on both endpoints under two policies, encode.
+//! Invariants: no panic; the response is valid JSON; a body that decodes
+//! sparsely decodes whole too, but for the two things the sparse parse only
+//! scans where no rule reads ([`only_scanned`]); a patch applies to the
+//! whole object; and where the whole object parses as its Kubernetes type,
+//! the answer is the same whether the object was read sparsely or whole
+//! (the property test's invariant, on inputs no generator writes).
 #![no_main]
 
 use std::sync::LazyLock;
