@@ -3,6 +3,8 @@
 //! The config names namespaces, Services and label keys that end up inside
 //! patches; a typo there must fail at load time with the field named, not as
 //! an API server rejection of every Deployment the webhook touches later.
+//! Written here: neither kube nor k8s-openapi carries the API server's
+//! validation, and each check is a few lines.
 
 /// DNS-1123 label: namespaces. Lower-case alphanumerics and `-`, at most 63
 /// characters, starting and ending with an alphanumeric.

@@ -98,7 +98,8 @@ impl Sizing {
         }
     }
 
-    /// This process's memory limit: the cgroup's (v2, then v1), if any.
+    /// This process's memory limit: the cgroup's (v2, then v1), if any. Two
+    /// file reads, where a cgroup crate would bring a whole hierarchy walker.
     pub fn memory_limit() -> Option<u64> {
         let read = |p: &str| std::fs::read_to_string(p).ok();
         let v2 = read("/sys/fs/cgroup/memory.max");

@@ -159,7 +159,8 @@ impl fmt::Write for Escaping<'_> {
     }
 }
 
-/// JSON string escaping (RFC 8259).
+/// JSON string escaping (RFC 8259). Our own because serde_json escapes only
+/// whole quoted strings, and `Escaping` writes a value's pieces as they come.
 fn escape_into(out: &mut String, s: &str) {
     // Most values (uids, names, rule names) need no escaping: one copy.
     if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {

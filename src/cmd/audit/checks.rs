@@ -88,7 +88,8 @@ struct NodeStatus {
 }
 
 /// A CPU quantity (`4`, `3920m`, `2.5`) in millicores; `None` when it is
-/// not one (the model then counts the node as one CPU).
+/// not one (the model then counts the node as one CPU). Our own: k8s-openapi's
+/// `Quantity` is a bare string, and the one parser crate targets k8s-openapi 0.14.
 fn cpu_millis(q: &str) -> Option<u64> {
     let q = q.trim();
     let millis = match q.strip_suffix('m') {
