@@ -38,8 +38,9 @@ use crate::core::rules::{self, TOPOLOGY_HINTS, TOPOLOGY_MODE};
 /// overloaded (`overloadThreshold`, 20%).
 const OVERLOAD_THRESHOLD: f64 = 0.2;
 
-/// Above this many ways to place the remainder of a re-spread, one
-/// placement stands for all (C(k, r) is tiny for real zone counts).
+/// At most this many ways to place the remainder of a re-spread are
+/// averaged, the first in lexicographic order (C(k, r) is far below it for
+/// real zone counts).
 const MAX_PLACEMENTS: usize = 64;
 
 /// How kube-proxy routes a Service's requests.
@@ -422,10 +423,11 @@ pub fn respread_share(
     }
     let zones: Vec<ZoneId> = zones.iter().copied().collect();
     let (base, extra) = (count / k, count % k);
-    // Which `extra` zones get one endpoint more, in lexicographic order.
-    let placements: Vec<Vec<usize>> = (0..k).combinations(extra).take(MAX_PLACEMENTS).collect();
     let mut sum = Share::default();
-    for chosen in &placements {
+    let mut n = 0.0;
+    // Each way to choose the `extra` zones that get one endpoint more.
+    for chosen in (0..k).combinations(extra).take(MAX_PLACEMENTS) {
+        n += 1.0;
         let mut eps = Vec::with_capacity(count);
         for (i, z) in zones.iter().enumerate() {
             let here = base + usize::from(chosen.contains(&i));
@@ -440,7 +442,6 @@ pub fn respread_share(
         sum.cross += s.cross;
         sum.dropped += s.dropped;
     }
-    let n = placements.len() as f64;
     Some(Share {
         cross: sum.cross / n,
         dropped: sum.dropped / n,
