@@ -543,9 +543,14 @@ mod tests {
         // A spec without a field apps/v1 requires gets the same answer
         // whether the object was read sparsely (the admission path) or
         // whole (`zonewise mutate`), though k8s-openapi would default it.
-        for missing in ["template", "selector"] {
+        // Absent, or null as the API server writes a nil `selector`.
+        for (missing, null) in [("template", false), ("selector", false), ("selector", true)] {
             let mut dep = deployment();
-            dep["spec"].as_object_mut().unwrap().remove(missing);
+            if null {
+                dep["spec"][missing] = Value::Null;
+            } else {
+                dep["spec"].as_object_mut().unwrap().remove(missing);
+            }
             for objects in [
                 crate::core::wire::Objects::Sparse,
                 crate::core::wire::Objects::Full,

@@ -543,6 +543,9 @@ mod tests {
                     "spec.template",
                 ),
                 (json!({"replicas": 3}), "spec.selector"),
+                // How the API server writes a Deployment sent without one:
+                // Go's `Selector` pointer has no `omitempty`.
+                (json!({"selector": null, "template": {}}), "spec.selector"),
             ] {
                 for kind in [Kind::Deployment, Kind::StatefulSet] {
                     let e = typed_check(kind, &json!({"spec": spec}), complete).unwrap_err();
