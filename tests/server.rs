@@ -1,7 +1,8 @@
 //! The real server over real TLS on a loopback socket, called the way the
-//! API server calls it: every fixture over HTTP/1.1 keep-alive, every
-//! row of the README's bad-input table, stalled clients, probes, metrics, and
-//! the one-command development start of the real binary.
+//! API server calls it: every fixture over HTTP/1.1 keep-alive, the API
+//! server's own request line and headers, every row of the README's
+//! bad-input table, stalled clients, probes, metrics, and the one-command
+//! development start of the real binary.
 
 mod common;
 
@@ -79,6 +80,52 @@ async fn validate_endpoint_runs_local_policy_only() {
         let a = decode_answer(&reply.body);
         assert_eq!(a.allowed, allowed, "{name}");
         assert!(a.patch.is_none(), "{name}: /validate never patches");
+    }
+}
+
+/// The request line and headers as the API server's webhook client writes
+/// them: the configured path with `?timeout=` (client-go's REST client adds
+/// the webhook's deadline, rounded up to whole seconds, as a query
+/// parameter), the Service's DNS name as Host, and Go's transport asking
+/// for gzip. The query must change neither the route nor the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_servers_own_request_form_is_answered_as_usual() {
+    let server = TestServer::start().await;
+    let mut c = server.h1().await;
+    let apiserver = |path: &str, body: Vec<u8>| {
+        http::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("host", "zonewise.zonewise-system.svc:443")
+            .header("user-agent", "kube-apiserver-admission")
+            .header("content-length", body.len())
+            .header("accept", "application/json, */*")
+            .header("content-type", "application/json")
+            .header("accept-encoding", "gzip")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap()
+    };
+    for (path, name, allowed) in [
+        ("/mutate", "deploy-plain", true),
+        ("/mutate", "svc-local", false),
+        ("/validate", "svc-local", false),
+        ("/validate", "svc-clusterip", true),
+    ] {
+        let plain = c.post(path, fixture(name)).await;
+        assert_eq!(plain.status, StatusCode::OK, "{path} {name}");
+        for query in ["?timeout=3s", "?timeout=30s", "?timeout=1m0s&other=x"] {
+            let what = format!("{path}{query} {name}");
+            let r = c
+                .send(apiserver(&format!("{path}{query}"), fixture(name)))
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{what}");
+            assert_eq!(r.headers["content-type"], "application/json", "{what}");
+            assert_eq!(r.body, plain.body, "{what}: the query changed the answer");
+            let a = decode_answer(&r.body);
+            assert_eq!(a.allowed, allowed, "{what}");
+            assert_eq!(a.patch.is_some(), name == "deploy-plain", "{what}");
+        }
     }
 }
 
